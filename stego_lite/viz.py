@@ -1,0 +1,128 @@
+"""Figures for the book: plotly builders, and a renderer that works in the built book *and* in Jupyter.
+
+Why a renderer of our own: plotly's default output inside a kernel is only the
+`application/vnd.plotly.v1+json` mime type, which jupyter-book 1.x silently drops, and the stock
+`notebook` renderer inlines 4.8 MB of plotly.js into every output. `use_book_renderer()` makes every
+figure render as a small HTML snippet (a `<div>` plus a few lines of script) that
+
+* draws with `window.Plotly` when the page already has it: the built book serves plotly.js once, as a
+  static file, so pages stay small and need no network;
+* otherwise loads plotly.js from the CDN first (Jupyter, Colab, VS Code), through require.js when
+  the page uses it (the classic notebook), so the same figure still renders there.
+
+The snippet's element id is derived from the figure's content, so re-running a cell gives the same
+output byte for byte.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+RENDERER_NAME = "stego_book"
+
+
+def plotlyjs_cdn_url() -> str:
+    """The CDN address of the plotly.js version that matches the installed plotly package."""
+    from plotly.offline import get_plotlyjs_version
+
+    return f"https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js"
+
+
+_SNIPPET = """\
+<div id="{div_id}" class="plotly-graph-div stego-figure" style="height:{height}; width:100%;"></div>
+<script type="text/javascript">
+(function () {{
+  var spec = {spec};
+  function draw(Plotly) {{
+    Plotly.newPlot("{div_id}", spec.data, spec.layout, {{responsive: true, displaylogo: false}});
+  }}
+  if (window.Plotly) {{ draw(window.Plotly); return; }}
+  var cdn = "{cdn}";
+  if (typeof window.requirejs === "function") {{
+    window.requirejs.config({{paths: {{plotly: cdn.replace(/\\.js$/, "")}}}});
+    window.requirejs(["plotly"], draw);
+  }} else {{
+    var script = document.createElement("script");
+    script.src = cdn;
+    script.onload = function () {{ draw(window.Plotly); }};
+    document.head.appendChild(script);
+  }}
+}})();
+</script>"""
+
+
+def figure_html(fig: Any) -> str:
+    """HTML for one plotly figure: a div and a script that draws it, without plotly.js itself."""
+    import plotly.io as pio
+
+    # Sorted keys: the same figure gives the same text however it was built.
+    spec = json.dumps(json.loads(pio.to_json(fig, validate=False, remove_uids=True)),
+                      sort_keys=True, separators=(",", ":"))
+    height = fig.layout.height
+    div_id = "fig-" + hashlib.sha1(spec.encode()).hexdigest()[:12]
+    # Keep '</script>' inside strings from ending the script element early.
+    spec = spec.replace("</", "<\\/")
+    return _SNIPPET.format(
+        div_id=div_id,
+        height=f"{height}px" if height else "100%",
+        spec=spec,
+        cdn=plotlyjs_cdn_url(),
+    )
+
+
+def use_book_renderer() -> None:
+    """Make plotly figures render as `figure_html` snippets (call once, at the top of a chapter)."""
+    import plotly.io as pio
+    from plotly.io.base_renderers import MimetypeRenderer
+
+    class BookRenderer(MimetypeRenderer):
+        def to_mimebundle(self, fig_dict: dict) -> dict[str, str]:
+            import plotly.graph_objects as go
+
+            return {"text/html": figure_html(go.Figure(fig_dict, skip_invalid=True))}
+
+    pio.renderers[RENDERER_NAME] = BookRenderer()
+    pio.renderers.default = RENDERER_NAME
+
+
+def _layout(fig, *, title: str, x_title: str, y_title: str, height: int) -> None:
+    fig.update_layout(
+        title=title, xaxis_title=x_title, yaxis_title=y_title, height=height,
+        margin=dict(l=60, r=20, t=50, b=50), template="plotly_white",
+    )
+
+
+def lines(x: Sequence[float], curves: Mapping[str, Sequence[float]], *, title: str = "",
+          x_title: str = "", y_title: str = "", height: int = 380):
+    """One line per named curve over a shared x axis; returns a go.Figure."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure([go.Scatter(x=list(x), y=list(y), mode="lines", name=name)
+                     for name, y in curves.items()])
+    _layout(fig, title=title, x_title=x_title, y_title=y_title, height=height)
+    return fig
+
+
+def lines_with_slider(x: Sequence[float], steps: Mapping[str, Mapping[str, Sequence[float]]], *,
+                      slider_label: str, title: str = "", x_title: str = "", y_title: str = "",
+                      height: int = 420):
+    """Curves that change with a slider, interactive even in the static book (no kernel needed).
+
+    `steps` maps each slider position's label to the curves shown there ({name: y}); every step
+    must name the same curves. The first step is shown initially.
+    """
+    labels = list(steps)
+    names = list(steps[labels[0]])
+    for label in labels:
+        if list(steps[label]) != names:
+            raise ValueError(f"step {label!r} has curves {list(steps[label])}, expected {names}")
+    fig = lines(x, steps[labels[0]], title=title, x_title=x_title, y_title=y_title, height=height)
+    slider_steps = [
+        dict(label=label, method="restyle", args=[{"y": [list(steps[label][n]) for n in names]}])
+        for label in labels
+    ]
+    fig.update_layout(sliders=[dict(active=0, steps=slider_steps, currentvalue=dict(prefix=slider_label))])
+    return fig
+

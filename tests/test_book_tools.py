@@ -1,0 +1,44 @@
+"""The book build's own logic: which notebooks it stages, and the CDN fallback for missing assets."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import build_book  # noqa: E402
+from fetch_book_assets import CDN  # noqa: E402
+
+
+def test_toc_notebooks_finds_nested_entries() -> None:
+    toc = {"root": "book/intro", "parts": [{"chapters": [{"file": "notebooks/a"}, {"file": "book/x",
+           "sections": [{"file": "notebooks/b"}]}]}]}
+    assert build_book.toc_notebooks(toc) == ["notebooks/a", "notebooks/b"]
+
+
+def test_stage_names_missing_executed_notebooks(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="00_how_to_run.ipynb"):
+        build_book.stage(tmp_path / "src", tmp_path / "nothing-executed")
+
+
+def test_cdn_fallback_rewrites_only_missing_assets(tmp_path: Path) -> None:
+    config = tmp_path / "_config.yml"
+    config.write_text((ROOT / "_config.yml").read_text())
+    status = {"plotly.js": "local", "mathjax": "missing (npm failed)", "requirejs": "local",
+              "@jupyter-widgets/html-manager": "local"}
+    assert build_book.use_cdn_for_missing(config, status) == ["mathjax"]
+    sphinx = yaml.safe_load(config.read_text())["sphinx"]["config"]
+    assert sphinx["mathjax_path"] == CDN["mathjax"]
+    assert "nb_ipywidgets_js" in sphinx and sphinx["html_js_files"][1][0] == "plotly.min.js"
+
+
+def test_all_local_leaves_config_untouched(tmp_path: Path) -> None:
+    config = tmp_path / "_config.yml"
+    text = (ROOT / "_config.yml").read_text()
+    config.write_text(text)
+    assert build_book.use_cdn_for_missing(config, dict.fromkeys(CDN, "local")) == []
+    assert config.read_text() == text

@@ -1,0 +1,76 @@
+"""The stored chapters: clean (no outputs), parameterised for papermill, Colab-ready, in the TOC."""
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+
+
+def code_cells(nb: dict) -> list[dict]:
+    return [c for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def source(cell: dict) -> str:
+    return "".join(cell["source"])
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_there_are_notebooks() -> None:
+    assert NOTEBOOKS, "no notebooks under notebooks/"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_stored_without_outputs(path: Path) -> None:
+    dirty = [i for i, c in enumerate(code_cells(load(path))) if c.get("outputs") or c.get("execution_count")]
+    assert not dirty, (f"{path.relative_to(ROOT)} is stored with outputs or execution counts in code cells "
+                       f"{dirty}: clear them (Jupyter: Edit > Clear All Outputs) before committing")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_parameters_cell(path: Path) -> None:
+    tagged = [c for c in code_cells(load(path)) if "parameters" in c["metadata"].get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: exactly one code cell must be tagged 'parameters'"
+    assigned = {}
+    for node in ast.parse(source(tagged[0])).body:
+        if isinstance(node, ast.Assign):
+            assigned[node.targets[0].id] = ast.literal_eval(node.value)
+    assert assigned.get("profile") == "offline", f"{path.name}: parameters must set profile = 'offline'"
+    assert isinstance(assigned.get("seed"), int), f"{path.name}: parameters must set an integer seed"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_first_code_cell_installs_only_on_colab(path: Path) -> None:
+    first = source(code_cells(load(path))[0])
+    tree = ast.parse(first)
+    guards = [n for n in tree.body if isinstance(n, ast.If)]
+    assert guards and "google.colab" in ast.unparse(guards[0].test), \
+        f"{path.name}: the first code cell must install only under `if 'google.colab' in sys.modules:`"
+    assert CONFIG["repository"]["url"] in first, f"{path.name}: install from {CONFIG['repository']['url']}"
+    # Nothing but imports and the guarded install: elsewhere the cell must do nothing.
+    assert all(isinstance(n, (ast.Import, ast.ImportFrom, ast.If)) for n in tree.body)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_title_cell_has_colab_badge(path: Path) -> None:
+    title = "".join(load(path)["cells"][0]["source"])
+    repo = CONFIG["repository"]["url"].removeprefix("https://github.com/")
+    branch = CONFIG["repository"].get("branch", "main")
+    url = f"https://colab.research.google.com/github/{repo}/blob/{branch}/notebooks/{path.name}"
+    assert title.startswith("# "), f"{path.name}: the first cell must be the chapter title"
+    assert url in title, f"{path.name}: the title cell needs an Open-in-Colab badge linking to {url}"
+
+
+def test_every_notebook_is_in_the_toc() -> None:
+    toc_text = (ROOT / "_toc.yml").read_text()
+    missing = [p.name for p in NOTEBOOKS if f"notebooks/{p.stem}" not in toc_text]
+    assert not missing, f"notebooks not listed in _toc.yml: {missing}"

@@ -1,0 +1,64 @@
+"""Figures: one small HTML snippet per figure, without plotly.js, the same on every run."""
+from __future__ import annotations
+
+import json
+import re
+
+import plotly.graph_objects as go
+import plotly.io as pio
+import pytest
+
+from stego_lite import viz
+
+
+@pytest.fixture
+def fig() -> go.Figure:
+    return viz.lines([0, 1, 2], {"a": [1, 2, 3], "b": [3, 2, 1]}, title="t")
+
+
+def test_snippet_holds_the_figure_but_not_plotlyjs(fig: go.Figure) -> None:
+    html = viz.figure_html(fig)
+    assert len(html) < 20_000  # plotly.js alone is about 4.8 MB
+    assert "PlotlyConfig" not in html and "function(t,e)" not in html
+    spec = json.loads(re.search(r"var spec = (.*);\n", html).group(1).replace("<\\/", "</"))
+    assert spec["data"][0]["y"] == [1, 2, 3] and spec["data"][1]["name"] == "b"
+    div_id = re.search(r'<div id="([^"]+)"', html).group(1)
+    assert f'Plotly.newPlot("{div_id}"' in html
+    assert viz.plotlyjs_cdn_url() in html  # the fallback for Jupyter and Colab
+
+
+def test_snippet_is_deterministic_and_content_addressed(fig: go.Figure) -> None:
+    assert viz.figure_html(fig) == viz.figure_html(go.Figure(fig))
+    other = viz.lines([0, 1, 2], {"a": [1, 2, 4]})
+    assert re.search(r'id="(fig-\w+)"', viz.figure_html(fig)).group(1) != \
+        re.search(r'id="(fig-\w+)"', viz.figure_html(other)).group(1)
+
+
+def test_script_end_tags_in_text_are_escaped() -> None:
+    html = viz.figure_html(viz.lines([0], {"</script><b>x": [1]}))
+    assert html.count("</script>") == 1
+
+
+def test_book_renderer_emits_html_only(fig: go.Figure) -> None:
+    previous = pio.renderers.default
+    try:
+        viz.use_book_renderer()
+        bundle = fig._repr_mimebundle_()
+        assert list(bundle) == ["text/html"]
+        assert bundle["text/html"] == viz.figure_html(fig)
+    finally:
+        pio.renderers.default = previous
+
+
+def test_slider_steps_restyle_every_curve() -> None:
+    steps = {"0": {"a": [0, 0], "b": [1, 1]}, "1": {"a": [2, 2], "b": [3, 3]}}
+    fig = viz.lines_with_slider([0, 1], steps, slider_label="s = ")
+    slider = fig.layout.sliders[0]
+    assert [s.label for s in slider.steps] == ["0", "1"]
+    assert slider.steps[1].args[0]["y"] == [[2, 2], [3, 3]]
+    assert list(fig.data[0].y) == [0, 0]
+
+
+def test_slider_rejects_steps_with_different_curves() -> None:
+    with pytest.raises(ValueError, match="step '1' has curves"):
+        viz.lines_with_slider([0], {"0": {"a": [0]}, "1": {"b": [0]}}, slider_label="s")
