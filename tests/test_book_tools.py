@@ -42,3 +42,31 @@ def test_all_local_leaves_config_untouched(tmp_path: Path) -> None:
     config.write_text(text)
     assert build_book.use_cdn_for_missing(config, dict.fromkeys(CDN, "local")) == []
     assert config.read_text() == text
+
+
+def test_fetch_reports_what_it_could_not_fetch(tmp_path: Path, monkeypatch) -> None:
+    import fetch_book_assets
+
+    monkeypatch.setattr(fetch_book_assets.shutil, "which", lambda name: None)  # as if npm were absent
+    status = fetch_book_assets.fetch(tmp_path / "vendor", tmp_path / "empty-cache")
+    assert status["plotly.js"] == "local" and (tmp_path / "vendor" / "plotly.min.js").stat().st_size > 10**6
+    for name in fetch_book_assets.NPM_PACKAGES:
+        assert status[name].startswith("missing (npm is not installed")
+
+
+def test_extract_takes_globs_and_rejects_absent_parts(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    from fetch_book_assets import extract
+
+    tarball = tmp_path / "pkg.tgz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        for name in ["package/dist/a.js", "package/dist/f1.woff2", "package/dist/f1.ttf"]:
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"abc"))
+    extract(tarball, "dist", ["a.js", "*.woff2"], tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.js", "f1.woff2"]
+    with pytest.raises(RuntimeError, match="pkg.tgz has no dist/missing.js"):
+        extract(tarball, "dist", ["missing.js"], tmp_path / "out2")

@@ -31,7 +31,8 @@ MATHJAX_PARTS = [
 LAYOUT = {  # name -> (folder inside the package, its parts, output subfolder)
     "mathjax": ("es5", MATHJAX_PARTS, "mathjax"),
     "requirejs": ("", ["require.js"], ""),
-    "@jupyter-widgets/html-manager": ("dist", ["."], "html-manager"),
+    # embed-amd.js bundles the manager and the core widgets; browsers take the woff2 icon fonts.
+    "@jupyter-widgets/html-manager": ("dist", ["embed-amd.js", "*.woff2"], "html-manager"),
 }
 CDN = {
     "mathjax": "https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js",
@@ -60,17 +61,21 @@ def npm_tarball(name: str, version: str, cache: Path) -> Path:
 
 
 def extract(tarball: Path, folder: str, parts: list[str], dest: Path) -> None:
-    """Copy `parts` of the package's `folder` into dest, keeping their layout below that folder."""
+    """Copy `parts` (paths or glob patterns) of the package's `folder` into dest, keeping their layout."""
     with tempfile.TemporaryDirectory() as tmp, tarfile.open(tarball) as tar:
         tar.extractall(tmp, filter="data")
         root = Path(tmp) / "package" / folder
         for part in parts:
-            src, out = root / part, dest / part
-            out.parent.mkdir(parents=True, exist_ok=True)
-            if src.is_dir():
-                shutil.copytree(src, out, dirs_exist_ok=True)
-            else:
-                shutil.copy2(src, out)
+            matches = sorted(root.glob(part))
+            if not matches:
+                raise RuntimeError(f"{tarball.name} has no {folder}/{part}")
+            for src in matches:
+                out = dest / src.relative_to(root)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                if src.is_dir():
+                    shutil.copytree(src, out, dirs_exist_ok=True)
+                else:
+                    shutil.copy2(src, out)
 
 
 def fetch(dest: Path, cache: Path) -> dict[str, str]:
@@ -90,9 +95,6 @@ def fetch(dest: Path, cache: Path) -> dict[str, str]:
             status[name] = "local"
         except Exception as err:  # any failure: report it and let the build use the CDN
             status[name] = f"missing ({err})"
-    # The html-manager's source map and non-AMD bundle are never loaded: keep the book small.
-    for unused in ["embed.js", "embed.js.map", "embed.js.LICENSE.txt"]:
-        (dest / "html-manager" / unused).unlink(missing_ok=True)
     return status
 
 
