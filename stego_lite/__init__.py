@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = (
     "analysis", "backbone", "crf", "data", "env", "evaluate", "head", "knn", "loss", "metrics",
-    "probes", "train", "viz",
+    "probes", "profiles", "train", "viz",
 )
 
 
