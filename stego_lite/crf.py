@@ -1,0 +1,86 @@
+"""Dense-CRF post-processing with STEGO's parameters (reference §5.5), through the pydensecrf2 package.
+
+A fully connected CRF (Krähenbühl & Koltun, 2011) sharpens a soft segmentation along image edges:
+unaries are -log p of the probe's probabilities, and two pairwise kernels favour equal labels for
+nearby pixels (Gaussian, sxy=1, compat=3) and for nearby pixels of similar colour (bilateral, sxy=67,
+srgb=3, compat=4); 10 mean-field iterations.
+
+    probs = dense_crf(image_uint8, probs)             # (H, W, 3) uint8, (K, H, W) -> (K, H, W)
+    probs = dense_crf_batch(images, probs, workers=2)  # (B, H, W, 3), (B, K, H, W), in worker processes
+
+STEGO converts the image to BGR first; the colour kernel only uses colour distances, which do not
+depend on the channel order, so RGB is used here. Batches run in *spawned* worker processes that
+import only numpy and pydensecrf: STEGO's forked pool could hang once torch had started its
+OpenMP threads (STEGO issue #12). This module imports no torch at all, for the same reason.
+"""
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CRFParams:
+    iterations: int = 10
+    gaussian_sxy: float = 1.0
+    gaussian_compat: float = 3.0
+    bilateral_sxy: float = 67.0
+    bilateral_srgb: float = 3.0
+    bilateral_compat: float = 4.0
+
+
+STEGO_CRF = CRFParams()
+
+
+def _densecrf():
+    try:
+        import pydensecrf.densecrf as dcrf
+    except ImportError as err:
+        raise ImportError("the CRF needs the pydensecrf2 package: pip install pydensecrf2==1.1 "
+                          "(it compiles a small C++ extension)") from err
+    return dcrf
+
+
+def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams = STEGO_CRF) -> np.ndarray:
+    """Refine class probabilities with a dense CRF: (H, W, 3) uint8 image, (K, H, W) probs -> (K, H, W).
+
+    `probs` must be probabilities over K classes at the image's resolution (e.g. softmax of the
+    probe's logits upsampled to the image); the result is the CRF's marginals, float32.
+    """
+    dcrf = _densecrf()
+    image, probs = np.asarray(image), np.asarray(probs, dtype=np.float32)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}; "
+                         "use stego_lite.data.denormalize and convert to uint8 first")
+    K, H, W = probs.shape
+    if image.shape[:2] != (H, W):
+        raise ValueError(f"probs are {H}x{W} but the image is {image.shape[0]}x{image.shape[1]}; "
+                         "upsample the probabilities to the image first")
+    crf = dcrf.DenseCRF2D(W, H, K)
+    unary = -np.log(np.clip(probs, 1e-8, 1.0)).reshape(K, -1)  # = pydensecrf's unary_from_softmax
+    crf.setUnaryEnergy(np.ascontiguousarray(unary))
+    crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
+    crf.addPairwiseBilateral(sxy=params.bilateral_sxy, srgb=params.bilateral_srgb,
+                             rgbim=np.ascontiguousarray(image), compat=params.bilateral_compat)
+    return np.asarray(crf.inference(params.iterations), dtype=np.float32).reshape(K, H, W)
+
+
+def _one(args: tuple[np.ndarray, np.ndarray, CRFParams]) -> np.ndarray:
+    return dense_crf(*args)
+
+
+def dense_crf_batch(images: np.ndarray, probs: np.ndarray, *, workers: int = 0,
+                    params: CRFParams = STEGO_CRF) -> np.ndarray:
+    """`dense_crf` over a batch: (B, H, W, 3) uint8, (B, K, H, W) -> (B, K, H, W).
+
+    workers=0 runs in this process; workers>0 uses that many spawned processes (safe with torch).
+    """
+    jobs = [(np.asarray(img), np.asarray(p, dtype=np.float32), params) for img, p in zip(images, probs)]
+    if workers <= 0 or len(jobs) <= 1:
+        return np.stack([_one(job) for job in jobs])
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        return np.stack(list(pool.map(_one, jobs)))
