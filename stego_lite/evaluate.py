@@ -1,0 +1,112 @@
+"""Evaluate a STEGO model the way the paper does (reference §5.4): codes, probes, optional CRF, metrics.
+
+    model = StegoModel(backbone, head, cluster_probe, linear_probe, classes)
+    result = evaluate(model, val_set, flip_tta=True, crf=False)
+    result["cluster"]["miou"], result["linear"]["miou"]
+
+Per batch: code = head(backbone(img)), averaged with the code of the horizontally flipped image
+(flipped back) when `flip_tta`; the code is upsampled bilinearly to the image size *before* the
+probes; the cluster probe gives log softmax(2 cos) and the linear probe log softmax(logits);
+an optional dense CRF refines both; the argmax goes into dataset-wide confusion matrices. The
+cluster ids are matched to classes once, globally, at the end (Hungarian).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from stego_lite.metrics import ConfusionMatrix, hungarian_metrics, iou_and_accuracy
+
+
+@dataclass
+class StegoModel:
+    """Everything needed to segment: a frozen backbone, the head, and the two probes."""
+
+    backbone: nn.Module
+    head: nn.Module
+    cluster_probe: nn.Module
+    linear_probe: nn.Module
+    classes: tuple[str, ...]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def to(self, device: torch.device | str) -> StegoModel:
+        for part in (self.backbone, self.head, self.cluster_probe, self.linear_probe):
+            part.to(device)
+        return self
+
+    def eval(self) -> StegoModel:
+        for part in (self.backbone, self.head, self.cluster_probe, self.linear_probe):
+            part.eval()
+        return self
+
+    @torch.no_grad()
+    def code(self, img: Tensor, *, flip_tta: bool = False) -> Tensor:
+        """The head's code: (B, 3, H, W) -> (B, D, H/p, W/p), averaged over a horizontal flip if asked."""
+        code = self.head(self.backbone.features(img))
+        if flip_tta:
+            flipped = self.head(self.backbone.features(img.flip(-1)))
+            code = (code + flipped.flip(-1)) / 2
+        return code
+
+    @torch.no_grad()
+    def log_probs(self, img: Tensor, *, flip_tta: bool = False) -> tuple[Tensor, Tensor]:
+        """Cluster and linear log-probabilities at the image's resolution: (B, K', H, W), (B, K, H, W)."""
+        code = self.code(img, flip_tta=flip_tta)
+        code = F.interpolate(code, size=img.shape[-2:], mode="bilinear", align_corners=False)
+        return self.cluster_probe.log_probs(code, alpha=2.0), F.log_softmax(self.linear_probe(code), dim=1)
+
+
+def crf_refine(img: Tensor, log_probs: Tensor, *, workers: int = 0) -> Tensor:
+    """Dense-CRF marginals of a batch: normalised images (B, 3, H, W), log-probs (B, K, H, W) -> probs."""
+    from stego_lite.crf import dense_crf_batch
+    from stego_lite.data import denormalize
+
+    images = (denormalize(img.cpu()).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    probs = dense_crf_batch(images, log_probs.exp().cpu().numpy(), workers=workers)
+    return torch.from_numpy(probs)
+
+
+def evaluate(model: StegoModel, dataset: Dataset, *, res: int | None = None, flip_tta: bool = True,
+             crf: bool = False, batch_size: int = 16, device: torch.device | str = "cpu",
+             crf_workers: int = 0, progress: bool = True, stego_compatible: bool = False) -> dict:
+    """Cluster (Hungarian) and linear accuracy / mIoU of `model` on `dataset`, in percent.
+
+    Items of `dataset` are dicts with `image` (3, H, W) and `label` (H, W), already at the evaluation
+    crop (STEGO: `SegTransform(320)`); `res`, if given, asserts that size. Returns
+    {"cluster": hungarian_metrics(...), "linear": iou_and_accuracy(...),
+     "cluster_confusion": (K, K') tensor, "linear_confusion": (K, K) tensor}.
+    """
+    from tqdm.auto import tqdm
+
+    model.eval().to(device)
+    n_clusters = model.cluster_probe.clusters.shape[0]
+    cluster_cm = ConfusionMatrix(model.n_classes, n_clusters)
+    linear_cm = ConfusionMatrix(model.n_classes)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
+        img, label = batch["image"].to(device), batch["label"]
+        if res is not None and tuple(img.shape[-2:]) != (res, res):
+            raise ValueError(f"images are {tuple(img.shape[-2:])} but res={res}; give the dataset "
+                             f"the evaluation transform, e.g. stego_lite.data.SegTransform({res})")
+        cluster_lp, linear_lp = model.log_probs(img, flip_tta=flip_tta)
+        if crf:
+            cluster_pred = crf_refine(img, cluster_lp, workers=crf_workers).argmax(1)
+            linear_pred = crf_refine(img, linear_lp, workers=crf_workers).argmax(1)
+        else:
+            cluster_pred, linear_pred = cluster_lp.argmax(1).cpu(), linear_lp.argmax(1).cpu()
+        cluster_cm.update(cluster_pred, label)
+        linear_cm.update(linear_pred, label)
+    return {
+        "cluster": hungarian_metrics(cluster_cm.matrix, stego_compatible=stego_compatible),
+        "linear": iou_and_accuracy(linear_cm.matrix),
+        "cluster_confusion": cluster_cm.matrix,
+        "linear_confusion": linear_cm.matrix,
+    }

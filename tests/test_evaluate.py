@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stego_lite.backbone import Backbone
+from stego_lite.data import normalize
+from stego_lite.evaluate import StegoModel, evaluate
+from stego_lite.head import SegmentationHead
+from stego_lite.metrics import confusion_matrix
+from stego_lite.probes import ClusterProbe, LinearProbe
+
+RED, BLUE = (220, 30, 30), (30, 30, 220)
+
+
+class MeanColour(Backbone):
+    """A toy backbone: the mean normalised colour of each 4x4 patch."""
+
+    def __init__(self) -> None:
+        super().__init__("mean_colour", patch_size=4, embed_dim=3)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(img, 4)
+
+
+def scene(i: int, size: int = 16) -> dict:
+    """Red left / blue right, with the boundary at a patch edge that moves with i."""
+    cut = 4 * (1 + i % 3)
+    rgb = np.zeros((size, size, 3), dtype=np.uint8)
+    rgb[:, :cut], rgb[:, cut:] = RED, BLUE
+    label = torch.zeros(size, size, dtype=torch.int64)
+    label[:, cut:] = 1
+    label[0, 0] = -1
+    return {"image": normalize(rgb), "label": label, "index": i}
+
+
+def colour_model() -> StegoModel:
+    head = SegmentationHead(3, 3, kind="linear", dropout=0.0)
+    with torch.no_grad():
+        head.linear.weight.copy_(torch.eye(3)[:, :, None, None])
+        head.linear.bias.zero_()
+    red, blue = normalize(np.array([[RED]], np.uint8))[:, 0, 0], normalize(np.array([[BLUE]], np.uint8))[:, 0, 0]
+    cluster, linear = ClusterProbe(3, 2), LinearProbe(3, 2)
+    with torch.no_grad():
+        cluster.clusters.copy_(torch.stack([blue, red]))  # cluster 0 is blue: matching must swap them
+        linear.linear.weight.copy_(torch.stack([red, blue])[:, :, None, None])
+        linear.linear.bias.zero_()
+    return StegoModel(MeanColour(), head, cluster, linear, ("red", "blue"))
+
+
+def test_metrics_equal_an_independent_computation() -> None:
+    data = [scene(i) for i in range(5)]
+    model = colour_model()
+    result = evaluate(model, data, flip_tta=False, batch_size=2, progress=False)
+    img = torch.stack([d["image"] for d in data])
+    label = torch.stack([d["label"] for d in data])
+    code = F.interpolate(F.avg_pool2d(img, 4), size=(16, 16), mode="bilinear", align_corners=False)
+    cos = torch.einsum("bdhw,kd->bkhw", F.normalize(code, dim=1), F.normalize(model.cluster_probe.clusters, dim=1))
+    expected = confusion_matrix(cos.argmax(1), label, 2)
+    assert torch.equal(result["cluster_confusion"], expected)
+    assert list(result["cluster"]["assignment"]) == [1, 0]
+    assert result["cluster"]["accuracy"] > 90 and result["linear"]["accuracy"] > 90
+    assert result["linear_confusion"].sum() == (label != -1).sum()
+
+
+def test_flip_tta_averages_the_flipped_code() -> None:
+    model = colour_model()
+    img = scene(1)["image"][None]
+    tta = model.code(img, flip_tta=True)
+    by_hand = (F.avg_pool2d(img, 4) + F.avg_pool2d(img.flip(-1), 4).flip(-1)) / 2
+    assert torch.allclose(tta, by_hand, atol=1e-6)
+
+
+def test_crf_keeps_a_clean_segmentation_clean() -> None:
+    pytest.importorskip("pydensecrf.densecrf")
+    data = [scene(i) for i in range(3)]
+    result = evaluate(colour_model(), data, crf=True, progress=False)
+    assert result["cluster"]["accuracy"] > 95
+
+
+def test_wrong_resolution_names_the_transform() -> None:
+    with pytest.raises(ValueError, match=r"SegTransform\(32\)"):
+        evaluate(colour_model(), [scene(0)], res=32, progress=False)
