@@ -126,3 +126,56 @@ def lines_with_slider(x: Sequence[float], steps: Mapping[str, Mapping[str, Seque
     fig.update_layout(sliders=[dict(active=0, steps=slider_steps, currentvalue=dict(prefix=slider_label))])
     return fig
 
+
+
+def heatmap(matrix, *, x_labels: Sequence[str], y_labels: Sequence[str], title: str = "",
+            x_title: str = "", y_title: str = "", height: int = 460, text_format: str = ".0f"):
+    """A labelled heatmap with each cell's value written in it (e.g. a confusion matrix); returns a go.Figure."""
+    import numpy as np
+    import plotly.graph_objects as go
+
+    values = np.asarray(matrix, dtype=float)
+    if values.shape != (len(y_labels), len(x_labels)):
+        raise ValueError(f"matrix has shape {values.shape} but there are {len(y_labels)} row and "
+                         f"{len(x_labels)} column labels")
+    fig = go.Figure(go.Heatmap(z=values, x=list(x_labels), y=list(y_labels), colorscale="Blues",
+                               texttemplate=f"%{{z:{text_format}}}", hoverongaps=False))
+    _layout(fig, title=title, x_title=x_title, y_title=y_title, height=height)
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def bars(labels: Sequence[str], groups: Mapping[str, Sequence[float]], *, errors: Mapping[str, Sequence[float]]
+         | None = None, title: str = "", x_title: str = "", y_title: str = "", height: int = 400):
+    """Grouped bars, one group per label and one colour per named series, optional error bars; a go.Figure."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure([
+        go.Bar(x=list(labels), y=list(values), name=name,
+               error_y=dict(type="data", array=list(errors[name])) if errors and name in errors else None)
+        for name, values in groups.items()
+    ])
+    fig.update_layout(barmode="group")
+    _layout(fig, title=title, x_title=x_title, y_title=y_title, height=height)
+    return fig
+
+
+def image_grid(images: Sequence, *, titles: Sequence[str] | None = None, cols: int = 4, title: str = "",
+               tile: int = 180):
+    """Show uint8 RGB images (H, W, 3) in a grid of subplots, `tile` px per cell; returns a go.Figure."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    rows = -(-len(images) // cols)
+    titles = list(titles) if titles is not None else [""] * len(images)
+    if len(titles) != len(images):
+        raise ValueError(f"{len(images)} images but {len(titles)} titles")
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.01,
+                        vertical_spacing=0.06)
+    for i, image in enumerate(images):
+        fig.add_trace(go.Image(z=image), row=i // cols + 1, col=i % cols + 1)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_layout(title=title, height=rows * tile + 60, margin=dict(l=10, r=10, t=60, b=10),
+                      template="plotly_white")
+    return fig

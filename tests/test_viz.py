@@ -62,3 +62,27 @@ def test_slider_steps_restyle_every_curve() -> None:
 def test_slider_rejects_steps_with_different_curves() -> None:
     with pytest.raises(ValueError, match="step '1' has curves"):
         viz.lines_with_slider([0], {"0": {"a": [0]}, "1": {"b": [0]}}, slider_label="s")
+
+
+def test_heatmap_checks_labels_and_keeps_values() -> None:
+    fig = viz.heatmap([[1, 2], [3, 4]], x_labels=["a", "b"], y_labels=["c", "d"])
+    assert fig.data[0].z.tolist() == [[1, 2], [3, 4]] and list(fig.data[0].x) == ["a", "b"]
+    with pytest.raises(ValueError, match="3 row"):
+        viz.heatmap([[1, 2]], x_labels=["a", "b"], y_labels=["c", "d", "e"])
+
+
+def test_bars_group_series_with_errors() -> None:
+    fig = viz.bars(["x", "y"], {"s1": [1, 2], "s2": [3, 4]}, errors={"s1": [0.1, 0.2]})
+    assert [t.name for t in fig.data] == ["s1", "s2"]
+    assert list(fig.data[0].error_y.array) == [0.1, 0.2] and fig.data[1].error_y.array is None
+
+
+def test_image_grid_places_every_image() -> None:
+    import numpy as np
+
+    images = [np.full((4, 5, 3), i * 40, np.uint8) for i in range(5)]
+    fig = viz.image_grid(images, titles=list("abcde"), cols=2)
+    assert len(fig.data) == 5 and fig.layout.height == 3 * 180 + 60
+    assert fig.data[4].z.shape == (4, 5, 3)
+    with pytest.raises(ValueError, match="5 images but 2 titles"):
+        viz.image_grid(images, titles=["a", "b"])
