@@ -33,6 +33,15 @@ class StegoModel:
     linear_probe: nn.Module
     classes: tuple[str, ...]
 
+    @classmethod
+    def from_training(cls, backbone: nn.Module, result, classes) -> StegoModel:
+        """Bundle a `train.train(...)` result that trained probes named "cluster" and "linear"."""
+        missing = {"cluster", "linear"} - set(result.probes)
+        if missing:
+            raise ValueError(f"the training result has no {sorted(missing)} probe; pass "
+                             "probes={'cluster': ClusterProbe(D, K), 'linear': LinearProbe(D, K)} to train()")
+        return cls(backbone, result.head, result.probes["cluster"], result.probes["linear"], tuple(classes))
+
     @property
     def n_classes(self) -> int:
         return len(self.classes)

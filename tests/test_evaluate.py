@@ -83,3 +83,14 @@ def test_crf_keeps_a_clean_segmentation_clean() -> None:
 def test_wrong_resolution_names_the_transform() -> None:
     with pytest.raises(ValueError, match=r"SegTransform\(32\)"):
         evaluate(colour_model(), [scene(0)], res=32, progress=False)
+
+
+def test_from_training_needs_both_probes() -> None:
+    from stego_lite.train import TrainResult
+
+    model = colour_model()
+    result = TrainResult(model.head, {"cluster": model.cluster_probe, "linear": model.linear_probe}, [], None)
+    bundled = StegoModel.from_training(model.backbone, result, ["red", "blue"])
+    assert bundled.linear_probe is model.linear_probe and bundled.classes == ("red", "blue")
+    with pytest.raises(ValueError, match=r"no \['linear'\] probe"):
+        StegoModel.from_training(model.backbone, result._replace(probes={"cluster": model.cluster_probe}), ["a"])
