@@ -337,6 +337,8 @@ for _name, _factory in {
     "dinov2_vitb14_reg": partial(vit_base, "dinov2_vitb14_reg", num_register_tokens=4, **_DINOV2),
 }.items():
     register_backbone(_name, _factory)
+# The offline profile's hand-crafted stand-in for DINO (no file, no attention), imported on first load
+register_backbone("texture_bank", lambda: __import__("stego_lite.texture_bank", fromlist=["_"]).TextureBank())
 
 
 def load_backbone(name: str, weights: str | os.PathLike | None = "official", *,
