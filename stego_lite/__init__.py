@@ -12,9 +12,16 @@ from types import ModuleType
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "analysis", "backbone", "crf", "data", "env", "evaluate", "head", "knn", "loss", "metrics",
-    "probes", "profiles", "train", "viz",
+    "analysis", "backbone", "crf", "data", "env", "evaluate", "features", "head", "knn", "loss", "metrics",
+    "inference", "pretrain", "probes", "profiles", "published", "released", "texture_bank", "train", "viz",
 )
+
+
+def segment(images, model, *, crf: bool = False, **kwargs):
+    """Segment a folder, files, PIL images or arrays with a trained model (see `inference.segment`)."""
+    from stego_lite.inference import segment as _segment
+
+    return _segment(images, model, crf=crf, **kwargs)
 
 
 def __getattr__(name: str) -> ModuleType:

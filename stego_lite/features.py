@@ -1,0 +1,202 @@
+"""Frozen features of a whole dataset, extracted once and cached on disk: what makes CPU training cheap.
+
+    fs = cached_features(backbone, dataset)     # FeatureSet: feats (N, C, h, w), labels (N, H, W), key
+    fs.feats[i]                                 # the backbone's features of dataset[i]["image"]
+
+The cache file's name is a `FeatureKey`: backbone name, patch size, a fingerprint of its weights, the
+dataset's name, split, crop, image resolution, size and a fingerprint of its content. A different
+configuration therefore never reuses a stale file (STEGO's KNN files collide across patch sizes,
+reference §9.10). Files are written to a temporary name and renamed into place (atomic), under a lock,
+so concurrent readers see a whole file or none. The KNN lists (`stego_lite.knn`) use the same key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pickle
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from stego_lite.backbone import Backbone
+from stego_lite.env import cache_dir
+
+FORMAT_VERSION = 1   # bump when the file layout or the extraction changes, so old files are not reused
+
+
+@dataclass(frozen=True)
+class FeatureKey:
+    """Everything that decides a dataset's frozen features; `name` is the cache file's stem."""
+
+    backbone: str       # registry name, e.g. "dino_vitb8"
+    patch_size: int
+    weights: str        # fingerprint of the backbone's parameters, buffers and repr
+    dataset: str        # dataset name, e.g. "cocostuff27"
+    split: str
+    crop: str           # "center" | "random" | "none" | "five" (five-crop folders) | "unknown"
+    res: str            # image size fed to the backbone, "HxW"
+    n_images: int
+    content: str        # fingerprint of the dataset's folder and first and last images
+
+    @property
+    def name(self) -> str:
+        """Readable file stem with a hash of every field: backbone-p8-dataset-split-crop-res-nN-<hash>."""
+        digest = hashlib.sha1(repr(dataclasses.astuple(self)).encode()).hexdigest()[:12]
+        return (f"{self.backbone}-p{self.patch_size}-{self.dataset}-{self.split}-{self.crop}-{self.res}"
+                f"-n{self.n_images}-{digest}")
+
+
+class FeatureSet(NamedTuple):
+    """A dataset's frozen features and labels, in dataset order."""
+
+    feats: Tensor    # (N, C, h, w) float
+    labels: Tensor   # (N, H, W) int64, -1 = ignore
+    key: FeatureKey
+
+
+def weights_fingerprint(backbone: Backbone) -> str:
+    """Hash of a backbone's parameters, buffers (persistent or not) and repr: -> 16 hex digits."""
+    digest = hashlib.sha1(repr(backbone).encode())
+    tensors = {**dict(backbone.named_parameters()), **dict(backbone.named_buffers())}
+    for name, tensor in sorted(tensors.items()):
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _crop_of(dataset: Dataset) -> str:
+    if type(dataset).__name__ == "FiveCropDataset":
+        return "five"
+    return str(getattr(getattr(dataset, "transform", None), "crop", "unknown"))
+
+
+def feature_key(backbone: Backbone, dataset: Dataset) -> FeatureKey:
+    """The cache key of `dataset`'s features under `backbone` (reads the dataset's first and last item).
+
+    A `torch.utils.data.Subset` is keyed by its parent dataset and its indices.
+    """
+    n = len(dataset)
+    if n == 0:
+        raise ValueError(f"dataset {dataset!r} is empty: nothing to extract")
+    base, split_suffix = dataset, ""
+    content = hashlib.sha1()
+    if isinstance(dataset, Subset):
+        base, split_suffix = dataset.dataset, "-subset"
+        content.update(repr(list(dataset.indices)).encode())
+    first, last = dataset[0]["image"], dataset[n - 1]["image"]
+    content.update(str(getattr(base, "folder", "")).encode())
+    for image in (first, last):
+        content.update(image.contiguous().numpy().tobytes())
+    H, W = first.shape[-2:]
+    return FeatureKey(
+        backbone=backbone.name, patch_size=backbone.patch_size, weights=weights_fingerprint(backbone),
+        dataset=str(getattr(base, "name", type(base).__name__)),
+        split=str(getattr(base, "split", "")) + split_suffix, crop=_crop_of(base), res=f"{H}x{W}", n_images=n,
+        content=content.hexdigest()[:16])
+
+
+def batches(backbone: Backbone, dataset: Dataset, *, batch_size: int = 64, device: torch.device | str | None = None,
+            num_workers: int = 0, progress: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+    """Frozen features of the dataset in order, batch by batch: -> (feats (B, C, h, w) on CPU, labels (B, H, W))."""
+    backbone.eval()  # a Backbone is always in eval mode; this also covers subclasses that override train()
+    if device is None:
+        param = next(backbone.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    if progress:
+        from tqdm.auto import tqdm
+
+        loader = tqdm(loader, desc=f"{backbone.name} features", unit="batch")
+    for item in loader:
+        yield backbone.features(item["image"].to(device)).cpu(), item["label"]
+
+
+def extract_features(backbone: Backbone, dataset: Dataset, *, batch_size: int = 64,
+                     device: torch.device | str | None = None, num_workers: int = 0,
+                     progress: bool = False) -> FeatureSet:
+    """Frozen features of every image, without caching: -> FeatureSet (N, C, h, w), (N, H, W)."""
+    feats, labels = [], []
+    for f, label in batches(backbone, dataset, batch_size=batch_size, device=device, num_workers=num_workers,
+                            progress=progress):
+        feats.append(f)
+        labels.append(label)
+    return FeatureSet(torch.cat(feats), torch.cat(labels), feature_key(backbone, dataset))
+
+
+def cache_path(key: FeatureKey, kind: str = "features", suffix: str = "") -> Path:
+    """Where a cached result for `key` lives: <cache>/<kind>/<key.name><suffix>.pt."""
+    return cache_dir() / kind / f"{key.name}{suffix}.pt"
+
+
+def cached_features(backbone: Backbone, dataset: Dataset, *, batch_size: int = 64,
+                    device: torch.device | str | None = None, num_workers: int = 0,
+                    progress: bool = False) -> FeatureSet:
+    """Frozen features of every image, extracted on the first call and read from disk afterwards.
+
+    feats (N, C, h, w) in the backbone's dtype, labels (N, H, W) int64. The file is memory-mapped on
+    reading, so several processes share one copy in memory.
+    """
+    key = feature_key(backbone, dataset)
+    path = cache_path(key)
+
+    def compute() -> dict[str, Any]:
+        fs = extract_features(backbone, dataset, batch_size=batch_size, device=device,
+                              num_workers=num_workers, progress=progress)
+        return {"feats": fs.feats.contiguous(), "labels": _compact_labels(fs.labels)}
+
+    data = load_or_compute(path, key, compute)
+    return FeatureSet(data["feats"], data["labels"].long(), key)
+
+
+def _compact_labels(labels: Tensor) -> Tensor:
+    """Store labels in the smallest integer type that holds them (int8 or int16): (N, H, W)."""
+    top = int(labels.max()) if labels.numel() else 0
+    return labels.to(torch.int8 if top < 128 else torch.int16 if top < 32768 else torch.int64).contiguous()
+
+
+def load_or_compute(path: Path, key: FeatureKey, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Read the dict of tensors cached at `path` for `key`, or compute, write (atomically) and return it."""
+    from stego_lite.data.files import folder_lock
+
+    data = _read(path, key)
+    if data is not None:
+        return data
+    with folder_lock(path.parent):
+        data = _read(path, key)   # another process may have written it meanwhile
+        if data is not None:
+            return data
+        data = compute()
+        save_atomic({**data, "key": dataclasses.asdict(key), "format": FORMAT_VERSION}, path)
+    return data
+
+
+def _read(path: Path, key: FeatureKey) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):  # damaged: recompute
+        return None
+    if data.get("key") != dataclasses.asdict(key) or data.get("format") != FORMAT_VERSION:
+        return None
+    return data
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file beside `path`, then rename: readers see the whole file or none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
