@@ -4,15 +4,11 @@ documented input error. CPU only; nothing here touches the network beyond 127.0.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import http.server
 import math
 import os
 import socket
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +25,7 @@ from stego_lite.backbone import (
     register_backbone,
 )
 from stego_lite.env import weights_dir
+from loopback import http_server  # noqa: E402
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # timm (test-only, imported where used) must never wait on the hub
 VITS16_FILE = "dino_deitsmall16_pretrain.pth"  # the official file name of dino_vits16
@@ -177,29 +174,6 @@ def served(vits16, tmp_path_factory) -> Path:
     (root / "dino_deitsmall16_pretrain").mkdir()
     torch.save(vits16.state_dict(), root / "dino_deitsmall16_pretrain" / VITS16_FILE)
     return root
-
-
-@contextlib.contextmanager
-def http_server(root: Path) -> Iterator[tuple[str, list[str]]]:
-    """Serve `root` on 127.0.0.1 from a thread; yield its base URL and the list of paths requested so far."""
-    requests: list[str] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def log_message(self, format, *args):  # called once per request: count instead of printing
-            requests.append(self.path)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", requests
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @pytest.fixture(autouse=True)

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import http.server
 import os
 import pickle
 import socket
 import sys
-import threading
 import time
 import types
 import typing
@@ -35,6 +33,7 @@ from stego_lite.env import weights_dir
 from stego_lite.head import SegmentationHead
 from stego_lite.probes import ClusterProbe, LinearProbe
 from stego_lite.released import load_released, read_checkpoint
+from loopback import http_server  # noqa: E402
 
 C, D, K = 16, 6, 3  # tiny ViT channels, code dim, classes (Potsdam-3)
 CFG = {  # a STEGO-like training config; every value type a real cfg holds
@@ -247,29 +246,6 @@ def without_omegaconf(monkeypatch):
     """Importing omegaconf or pytorch_lightning fails while a test loads (None in sys.modules blocks it)."""
     for name in ["omegaconf", "pytorch_lightning", *STAND_INS]:
         monkeypatch.setitem(sys.modules, name, None)
-
-
-@contextlib.contextmanager
-def http_server(root: Path) -> Iterator[tuple[str, list[str]]]:
-    """Serve `root` on 127.0.0.1 from a thread; yield its base URL and the list of paths requested so far."""
-    requests: list[str] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def log_message(self, format, *args):
-            requests.append(self.path)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", requests
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def closed_port() -> int:
