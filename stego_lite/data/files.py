@@ -18,20 +18,25 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 
-def read_rgb(path: str | Path) -> Image.Image:
-    """Open an image file as 8-bit RGB: grayscale, palette, RGBA (alpha dropped), 16-bit and CMYK convert.
-
-    Raises OSError naming the file when it is missing, truncated or not an image.
-    """
-    path = Path(path)
+def _open(path: Path, what: str, advice_end: str) -> Image.Image:
+    """Open and fully decode an image file; OSError naming the file if it is truncated or not an image."""
     try:
         with Image.open(path) as img:
             img.load()
     except FileNotFoundError:
         raise
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        raise OSError(f"cannot read image {path}: {err}. Replace or delete the file; "
-                      "datasets never skip an unreadable image silently.") from err
+        raise OSError(f"cannot read {what} {path}: {err}. Replace or delete the file{advice_end}") from err
+    return img
+
+
+def read_rgb(path: str | Path) -> Image.Image:
+    """Open an image file as 8-bit RGB: grayscale, palette, RGBA (alpha dropped), 16-bit and CMYK convert.
+
+    Raises OSError naming the file when it is missing, truncated or not an image.
+    """
+    path = Path(path)
+    img = _open(path, "image", "; datasets never skip an unreadable image silently.")
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):   # high bit depth grayscale: rescale to 8 bits
@@ -51,13 +56,7 @@ def read_label(path: str | Path) -> np.ndarray:
     RGB(A) label images are refused: their colours would have to be mapped to ids first.
     """
     path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-    except FileNotFoundError:
-        raise
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        raise OSError(f"cannot read label map {path}: {err}. Replace or delete the file.") from err
+    img = _open(path, "label map", ".")
     if img.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
         raise ValueError(f"label map {path} has mode {img.mode!r}; expected a single-channel PNG "
                          "(mode L, P or 16-bit) holding class ids. Convert colour-coded labels to ids first.")
