@@ -39,7 +39,8 @@ def seconds_per_call(fn: Callable[[], object], min_seconds: float, sync: Callabl
     return (time.perf_counter() - start) / runs
 
 
-def loss_timings(C: int, h: int, D: int, batch: int, device: str, min_seconds: float, sync) -> tuple[float, float]:
+def loss_timings(C: int, h: int, D: int, batch: int, device: str, min_seconds: float,
+                 sync) -> tuple[float, float]:
     """(loss alone, head + loss) forward + backward, seconds."""
     config = get_preset("cocostuff27").loss  # the loss cost does not depend on the weights and shifts
     feats, feats_pos = (torch.randn(batch, C, h, h, device=device) for _ in range(2))
@@ -77,10 +78,12 @@ def step_timings(backbone_name: str, size: int, dim: int, batch: int, device: st
     """(from cached features, from images) seconds per training iteration."""
     backbone = load_backbone(backbone_name, weights=None).to(device)
     dataset = RandomImages(max(2 * batch, 32), size)
-    feats = torch.cat([backbone.features(dataset.images[i:i + 8].to(device)).cpu() for i in range(0, len(dataset), 8)])
+    feats = torch.cat([backbone.features(dataset.images[i:i + 8].to(device)).cpu()
+                       for i in range(0, len(dataset), 8)])
     nns = torch.randint(len(dataset), (len(dataset), 30))
     config = T.TrainConfig(dim=dim, batch_size=batch)
-    sources = {"cache": T.FeatureSource(feats, nns, key="bench"), "images": T.ImageSource(backbone, dataset, nns)}
+    sources = {"cache": T.FeatureSource(feats, nns, key="bench"),
+               "images": T.ImageSource(backbone, dataset, nns)}
     out = []
     for source in sources.values():
         head = SegmentationHead(source.in_dim, dim).to(device)
@@ -100,7 +103,8 @@ def step_timings(backbone_name: str, size: int, dim: int, batch: int, device: st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", nargs="+", type=int, default=[8, 16, 32])
-    parser.add_argument("--paper", action="store_true", help="also time training steps with ViT-B/8 at 224 px")
+    parser.add_argument("--paper", action="store_true",
+                        help="also time training steps with ViT-B/8 at 224 px")
     parser.add_argument("--min-seconds", type=float, default=2.0, help="timed run length per configuration")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -126,7 +130,8 @@ def main() -> None:
         C, h, D = shape
         for batch in args.batches:
             loss_s, head_s = loss_timings(C, h, D, batch, args.device, args.min_seconds, sync)
-            print(f"{label:<10}{f'{C}x{h}x{h}':>14}{D:>5}{batch:>7}{1e3 * loss_s:>10.1f}{1e3 * head_s:>14.1f}",
+            shape = f"{C}x{h}x{h}"
+            print(f"{label:<10}{shape:>14}{D:>5}{batch:>7}{1e3 * loss_s:>10.1f}{1e3 * head_s:>14.1f}",
                   flush=True)
 
     print("\n2. one training iteration (head + loss + Adam), from cached features vs from images")

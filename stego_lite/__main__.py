@@ -45,8 +45,8 @@ def _parser() -> argparse.ArgumentParser:
 def _train_parser(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train STEGO's head with a preset's backbone, data and loss")
     train.add_argument("--preset", required=True,
-                       help="a name from stego_lite.loss.PRESETS: synthstuff (offline), cocostuff27, cityscapes, "
-                            "potsdam")
+                       help="a name from stego_lite.loss.PRESETS: synthstuff (offline), cocostuff27, "
+                            "cityscapes, potsdam")
     train.add_argument("--steps", type=int, help="iterations (default: the preset's)")
     train.add_argument("--batch-size", type=int, help="default: the preset's")
     train.add_argument("--dim", type=int, help="code dimension D (default: the preset's)")

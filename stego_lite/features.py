@@ -102,9 +102,10 @@ def feature_key(backbone: Backbone, dataset: Dataset) -> FeatureKey:
         content=content.hexdigest()[:16])
 
 
-def batches(backbone: Backbone, dataset: Dataset, *, batch_size: int = 64, device: torch.device | str | None = None,
-            num_workers: int = 0, progress: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
-    """Frozen features of the dataset in order, batch by batch: -> (feats (B, C, h, w) on CPU, labels (B, H, W))."""
+def batches(backbone: Backbone, dataset: Dataset, *, batch_size: int = 64,
+            device: torch.device | str | None = None, num_workers: int = 0,
+            progress: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+    """Frozen features of the dataset in order, by batch: feats (B, C, h, w) on CPU, labels (B, H, W)."""
     backbone.eval()  # a Backbone is always in eval mode; this also covers subclasses that override train()
     if device is None:
         param = next(backbone.parameters(), None)

@@ -16,7 +16,7 @@ HEAD_KINDS = ("linear", "nonlinear")
 
 
 class SegmentationHead(nn.Module):
-    """Linear + (1x1 conv - ReLU - 1x1 conv) head: (B, C, h, w) -> (B, D, h, w); no norm, no output activation.
+    """Linear + (1x1 conv - ReLU - 1x1 conv) head: (B, C, h, w) -> (B, D, h, w); no norm, no final activation.
 
     All convolutions have biases and PyTorch's default initialisation, as in STEGO.
     """
@@ -26,7 +26,7 @@ class SegmentationHead(nn.Module):
         if kind not in HEAD_KINDS:
             raise ValueError(f"unknown head kind {kind!r}; choose one of {HEAD_KINDS}")
         if in_dim < 1 or code_dim < 1:
-            raise ValueError(f"in_dim and code_dim must be positive, got in_dim={in_dim}, code_dim={code_dim}")
+            raise ValueError(f"in_dim and code_dim must be positive, got {in_dim} and {code_dim}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout is a probability in [0, 1), got {dropout}")
         self.in_dim, self.code_dim, self.kind = in_dim, code_dim, kind
@@ -48,7 +48,7 @@ class SegmentationHead(nn.Module):
         return code
 
     def loss_features(self, feats: Tensor) -> Tensor:
-        """The features the loss correlates: channel-dropped in train mode, unchanged in eval mode (B, C, h, w)."""
+        """The features the loss correlates: channel-dropped in train mode, as they are in eval mode."""
         return self.dropout(feats)
 
     def extra_repr(self) -> str:

@@ -126,7 +126,8 @@ def test_cache_key_changes_with_every_part():
     key = features.feature_key(PoolBackbone(), Images())
     for field in dataclasses.fields(key):
         value = getattr(key, field.name)
-        changed = dataclasses.replace(key, **{field.name: value + 1 if isinstance(value, int) else value + "x"})
+        value = value + 1 if isinstance(value, int) else value + "x"
+        changed = dataclasses.replace(key, **{field.name: value})
         assert changed.name != key.name, field.name
     # ...and the parts really come from the backbone and the dataset
     derived = {

@@ -1,4 +1,4 @@
-"""The correlation loss against a direct NumPy evaluation of its formula, point sampling, partners, presets."""
+"""The correlation loss against a direct NumPy evaluation of its formula; sampling, partners, presets."""
 from __future__ import annotations
 
 import numpy as np
@@ -28,8 +28,8 @@ def direct_loss(fa, fb, ua, ub, shift, pointwise, zero_clamp):
 
 def maps(seed, B=2, C=8, D=5, h=4, w=3, I=3, J=4, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(B, C, h, w, generator=g, dtype=dtype), torch.randn(B, C, I, J, generator=g, dtype=dtype),
-            torch.randn(B, D, h, w, generator=g, dtype=dtype), torch.randn(B, D, I, J, generator=g, dtype=dtype))
+    return tuple(torch.randn(shape, generator=g, dtype=dtype)
+                 for shape in [(B, C, h, w), (B, C, I, J), (B, D, h, w), (B, D, I, J)])
 
 
 @pytest.mark.parametrize("pointwise", [True, False])

@@ -1,4 +1,4 @@
-"""The training loop: exact resume across processes, NaN guard, history, checkpoints, hooks, the offline run."""
+"""The training loop: exact resume across processes, NaN guard, history, checkpoints, the offline run."""
 from __future__ import annotations
 
 import dataclasses
@@ -57,17 +57,19 @@ def state(run_dir: Path) -> dict:
 
 def test_resume_in_a_fresh_process_is_exact(tmp_path):
     straight = T.train(CONFIG, make_source(), probes=probes(), run_dir=tmp_path / "straight", progress=False)
-    half = T.train(CONFIG, make_source(), probes=probes(), run_dir=tmp_path / "split", stop_at=4, progress=False)
+    half = T.train(CONFIG, make_source(), probes=probes(), run_dir=tmp_path / "split", stop_at=4,
+                   progress=False)
     assert len(half.history) == 4 and state(tmp_path / "split")["step"] == 4
     script = SETUP + textwrap.dedent(f"""
         torch.set_num_threads({torch.get_num_threads()})
         torch.manual_seed(12345)  # the global RNG state of the new process must not matter
         torch.manual_seed(1)
-        T.train(CONFIG, make_source(), probes={{"tiny": TinyProbe(3, 3)}}, run_dir={str(tmp_path / "split")!r},
-                progress=False)
+        T.train(CONFIG, make_source(), probes={{"tiny": TinyProbe(3, 3)}},
+                run_dir={str(tmp_path / "split")!r}, progress=False)
     """)
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          timeout=300)
     assert done.returncode == 0, done.stderr
     resumed = state(tmp_path / "split")
     assert resumed["step"] == 8
@@ -104,7 +106,8 @@ def test_history_checkpoints_and_finished_run(tmp_path):
     assert [h["step"] for h in result.history] == list(range(1, 9))
     assert seen == [(4, False), (8, False)]
     assert result.history[3]["val/answer"] == 42.0 and "val/answer" not in result.history[2]
-    assert {"loss", "self", "knn", "random", "S_self", "S_knn", "S_random", "seconds"} <= set(result.history[0])
+    expected = {"loss", "self", "knn", "random", "S_self", "S_knn", "S_random", "seconds"}
+    assert expected <= set(result.history[0])
     assert json.loads((tmp_path / "history.json").read_text()) == result.history
     rows = (tmp_path / "history.csv").read_text().splitlines()
     assert len(rows) == 9 and rows[0].startswith("step,loss,")
@@ -205,7 +208,7 @@ def test_command_line_trains_and_resumes(tmp_path, monkeypatch, capsys):
 
 
 def test_offline_profile_head_lowers_the_loss(tmp_path, monkeypatch):
-    """The offline profile end to end on 64 of its validation images: texture_bank features, KNN, the preset."""
+    """The offline profile end to end on 64 validation images: texture_bank features, KNN, the preset."""
     import stego_lite as sl
     from stego_lite import data
 
