@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from stego_lite.metrics import ConfusionMatrix, hungarian_metrics, iou_and_accuracy
+from stego_lite.probes import ClusterProbe, LinearProbe
 
 
 @dataclass
@@ -71,6 +72,33 @@ class StegoModel:
         code = self.code(img, flip_tta=flip_tta)
         code = F.interpolate(code, size=img.shape[-2:], mode="bilinear", align_corners=False)
         return self.cluster_probe.log_probs(code, alpha=2.0), F.log_softmax(self.linear_probe(code), dim=1)
+
+
+def stego_probes(dim: int, n_classes: int, *, seed: int = 0) -> dict[str, nn.Module]:
+    """STEGO's two probes for a `dim`-dimensional code, K = n_classes clusters, initialised from `seed`.
+
+    Seeded on their own RNG stream, so the same arguments give the same probes (and run folder) in any
+    session, whatever the caller's global RNG state.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return {"cluster": ClusterProbe(dim, n_classes), "linear": LinearProbe(dim, n_classes)}
+
+
+def train_model(config, backbone: nn.Module, source, classes, *, device: torch.device | str | None = None,
+                checkpoint_every: int = 100, progress: bool = False):
+    """Train a head and both probes jointly (as STEGO does) and bundle them: -> (StegoModel, TrainResult).
+
+    `config` is a `train.TrainConfig`, `source` a `knn.FeatureSource` or `knn.ImageSource`. The run lives
+    in `train.run_dir_for(config, source, probes)`: a finished run is read back instead of retrained, an
+    interrupted one resumes.
+    """
+    from stego_lite.train import run_dir_for, train
+
+    probes = stego_probes(config.dim, len(classes), seed=config.seed)
+    result = train(config, source, probes=probes, run_dir=run_dir_for(config, source, probes),
+                   checkpoint_every=checkpoint_every, device=device, progress=progress)
+    return StegoModel.from_training(backbone, result, classes), result
 
 
 def crf_refine(img: Tensor, log_probs: Tensor, *, workers: int = 0) -> Tensor:

@@ -94,3 +94,29 @@ def test_from_training_needs_both_probes() -> None:
     assert bundled.linear_probe is model.linear_probe and bundled.classes == ("red", "blue")
     with pytest.raises(ValueError, match=r"no \['linear'\] probe"):
         StegoModel.from_training(model.backbone, result._replace(probes={"cluster": model.cluster_probe}), ["a"])
+
+
+def test_train_model_reuses_its_run_and_ignores_the_callers_rng(tmp_path, monkeypatch):
+    """train_model: seeded probes, a run folder named by config+data+probes, read back on the second call."""
+    from stego_lite import train as T
+    from stego_lite.evaluate import stego_probes, train_model
+
+    monkeypatch.setenv("STEGO_LITE_CACHE", str(tmp_path))
+    g = torch.Generator().manual_seed(0)
+    source = T.FeatureSource(torch.randn(12, 3, 4, 4, generator=g),
+                             torch.stack([torch.roll(torch.arange(12), -i) for i in range(12)]),
+                             torch.randint(0, 3, (12, 16, 16), generator=g), key="toy")
+    config = T.TrainConfig(dim=4, batch_size=4, steps=5, num_neighbors=3,
+                           loss=T.LossConfig(n_points=3, n_random=2))
+    classes = ("a", "b", "c")
+    torch.manual_seed(123)
+    model, first = train_model(config, MeanColour(), source, classes)
+    torch.manual_seed(456)  # another global state: same probes, same folder, nothing retrained
+    again, second = train_model(config, MeanColour(), source, classes)
+    assert first.run_dir == second.run_dir and (first.run_dir / T.CHECKPOINT).is_file()
+    assert second.history == first.history and len(first.history) == 5
+    assert torch.equal(model.cluster_probe.clusters, again.cluster_probe.clusters)
+    assert model.classes == classes and model.cluster_probe.clusters.shape == (3, 4)
+    fresh = stego_probes(4, 3, seed=0)["cluster"].clusters
+    assert not torch.equal(fresh, model.cluster_probe.clusters), "the probe trained"
+    assert torch.equal(fresh, stego_probes(4, 3, seed=0)["cluster"].clusters)
