@@ -15,6 +15,7 @@ OpenMP threads (STEGO issue #12). This module imports no torch at all, for the s
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -72,15 +73,28 @@ def _one(args: tuple[np.ndarray, np.ndarray, CRFParams]) -> np.ndarray:
     return dense_crf(*args)
 
 
+def crf_pool(workers: int) -> ProcessPoolExecutor | contextlib.nullcontext:
+    """`workers` spawned CRF processes to reuse across batches (`with crf_pool(2) as pool:`); 0: none.
+
+    Starting processes costs far more than refining one small image, so a whole evaluation shares
+    one pool. Spawned, not forked: safe once torch has started its threads.
+    """
+    if workers <= 0:
+        return contextlib.nullcontext(None)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
 def dense_crf_batch(images: np.ndarray, probs: np.ndarray, *, workers: int = 0,
-                    params: CRFParams = STEGO_CRF) -> np.ndarray:
+                    params: CRFParams = STEGO_CRF, pool: ProcessPoolExecutor | None = None) -> np.ndarray:
     """`dense_crf` over a batch: (B, H, W, 3) uint8, (B, K, H, W) -> (B, K, H, W).
 
-    workers=0 runs in this process; workers>0 uses that many spawned processes (safe with torch).
+    Runs in `pool` if given (see `crf_pool`), else in `workers` new spawned processes (safe with
+    torch), else (workers=0) in this process.
     """
     jobs = [(np.asarray(img), np.asarray(p, dtype=np.float32), params) for img, p in zip(images, probs)]
+    if pool is not None:
+        return np.stack(list(pool.map(_one, jobs)))
     if workers <= 0 or len(jobs) <= 1:
         return np.stack([_one(job) for job in jobs])
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        return np.stack(list(pool.map(_one, jobs)))
+    with crf_pool(workers) as new_pool:
+        return np.stack(list(new_pool.map(_one, jobs)))

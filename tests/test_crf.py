@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("pydensecrf.densecrf", reason="pydensecrf2 is in requirements.txt; install it")
 
-from stego_lite.crf import CRFParams, dense_crf, dense_crf_batch  # noqa: E402
+from stego_lite.crf import CRFParams, crf_pool, dense_crf, dense_crf_batch  # noqa: E402
 
 
 def two_regions(size: int = 40, seed: int = 0):
@@ -48,6 +48,9 @@ def test_batch_in_worker_processes_equals_one_by_one() -> None:
     serial = dense_crf_batch(images, probs)
     parallel = dense_crf_batch(images, probs, workers=2)
     assert np.allclose(serial, parallel)
+    with crf_pool(2) as pool:   # one pool reused over two batches
+        halves = [dense_crf_batch(images[i:i + 2], probs[i:i + 2], pool=pool) for i in (0, 2)]
+    assert np.allclose(serial, np.concatenate(halves))
     assert np.allclose(serial[1], dense_crf(images[1], probs[1]))
 
 
