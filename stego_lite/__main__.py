@@ -4,6 +4,7 @@
     download    fetch and unpack one of STEGO's prepared dataset zips
     synthstuff  generate the offline SynthStuff splits (default: the book's offline profile)
     train       train STEGO's head with a preset's settings (python -m stego_lite train --preset synthstuff)
+    segment     segment a folder of images with a trained model into PNG masks and overlays
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int)
     synth.add_argument("--workers", type=int, help="processes (default: CPU count, at most 4)")
     _train_parser(sub)
+    _segment_parser(sub)
     return parser
 
 
@@ -59,8 +62,48 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--run-dir", help="checkpoint folder; an existing checkpoint there is resumed "
                                          "(default: $STEGO_LITE_CACHE/runs/<config hash>)")
     train.add_argument("--checkpoint-every", type=int, default=100, help="iterations between checkpoints")
+    train.add_argument("--probes", action="store_true",
+                       help="train STEGO's cluster and linear probes jointly with the head and write the "
+                            "model to <run dir>/model.pt, for the segment command")
     train.add_argument("--device", help="cpu, cuda, ... (default: the fastest available)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+SEGMENT_EPILOG = """\
+Writes, for each image NAME.ext of DIR: NAME_cluster.png and NAME_linear.png (8-bit ids; 255 = a
+cluster matched to no class) and NAME_cluster_overlay.png and NAME_linear_overlay.png (the image with
+the segments' colours). Cluster ids are unsupervised and mean nothing by themselves; --assignment
+renames them to class ids. The linear probe's classes are supervised.
+
+exit status: 0 every image was segmented; 1 some images could not be read or segmented (each is named
+on stderr) and the others were written; 2 nothing was done (bad arguments, no folder or no images, a
+checkpoint that cannot be loaded).
+
+example: python -m stego_lite segment --checkpoint cocostuff27 --images photos --out masks --crf
+"""
+
+
+def _segment_parser(sub: argparse._SubParsersAction) -> None:
+    segment = sub.add_parser("segment", help="segment a folder of images: PNG masks and colour overlays",
+                             description="Segment every image of a folder with a trained STEGO model.",
+                             epilog=SEGMENT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    segment.add_argument("--checkpoint", required=True, metavar="X",
+                         help="a released STEGO model (cocostuff27, cityscapes, potsdam: downloaded once), "
+                              "the path of a STEGO .ckpt file, or a model file written by "
+                              "stego_lite.evaluate.save_model or `train --probes`")
+    segment.add_argument("--images", required=True, metavar="DIR", help="folder of images (.jpg, .png, ...)")
+    segment.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG files (created)")
+    segment.add_argument("--crf", action="store_true", help="refine with STEGO's dense CRF (slower)")
+    segment.add_argument("--res", type=int, metavar="N",
+                         help="resize each image's shorter side to N px (default: the size the model was "
+                              "made for: 320 for STEGO's checkpoints, the training size for model files)")
+    segment.add_argument("--no-flip", action="store_true",
+                         help="no flip test-time augmentation (half the backbone passes)")
+    segment.add_argument("--assignment", metavar="IDS",
+                         help="comma-separated cluster id of each class, e.g. evaluate(...)['cluster']"
+                              "['assignment'] from a labelled set: the cluster masks then hold class ids")
+    segment.add_argument("--device", help="cpu, cuda, ... (default: the fastest available)")
+    segment.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -85,13 +128,86 @@ def _train(args: argparse.Namespace) -> None:
     else:
         nns = knn.nearest_neighbors(backbone, dataset, device=device, progress=progress)
         source = train.ImageSource(backbone, dataset, nns)
-    run_dir = args.run_dir or train.run_dir_for(config, source)
-    result = train.train(config, source, run_dir=run_dir, checkpoint_every=args.checkpoint_every,
-                         device=device, progress=progress)
+    probes = None
+    if args.probes:  # the same probes as evaluate.train_model, so the run folder is the one it uses
+        from stego_lite.evaluate import stego_probes
+
+        probes = stego_probes(config.dim, len(dataset.classes), seed=config.seed)
+    run_dir = args.run_dir or train.run_dir_for(config, source, probes)
+    result = train.train(config, source, probes=probes, run_dir=run_dir,
+                         checkpoint_every=args.checkpoint_every, device=device, progress=progress)
     last = result.history[-1] if result.history else {}
     print(f"{args.preset}: {len(result.history)} iterations, loss {last.get('loss', float('nan')):.4f} "
           f"(self {last.get('self', float('nan')):.4f}, knn {last.get('knn', float('nan')):.4f}, "
           f"random {last.get('random', float('nan')):.4f}); checkpoint and history in {run_dir}")
+    if args.probes:
+        _save_trained_model(args.preset, backbone, result, dataset, Path(run_dir))
+
+
+def _save_trained_model(preset: str, backbone, result, dataset, run_dir: Path) -> None:
+    import dataclasses
+
+    from stego_lite.evaluate import StegoModel, save_model
+    from stego_lite.loss import get_preset
+
+    model = StegoModel.from_training(backbone, result, dataset.classes)
+    # SynthStuff is segmented at its own size; STEGO evaluates the real datasets at 320 px
+    res = get_preset(preset).res if preset == "synthstuff" else 320
+    model = dataclasses.replace(model, palette=getattr(dataset, "palette", None), res=res)
+    path = save_model(model, run_dir / "model.pt")
+    print(f"model (backbone {backbone.name}, head, cluster and linear probes) in {path}\n"
+          f"segment a folder with: python -m stego_lite segment --checkpoint {path} --images DIR --out DIR")
+
+
+def _fail(message: str) -> int:
+    print(f"python -m stego_lite segment: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _segment(args: argparse.Namespace) -> int:
+    images, out = Path(args.images).expanduser(), Path(args.out).expanduser()
+    if not images.is_dir():
+        return _fail(f"--images {images}: no such folder")
+    if out.resolve() == images.resolve():
+        return _fail("--out is the --images folder; the masks would be read as images next time: choose "
+                     "another folder")
+    if args.res is not None and args.res < 1:
+        return _fail(f"--res must be a positive number of pixels, got {args.res}")
+    try:
+        assignment = None if args.assignment is None else [int(i) for i in args.assignment.split(",")]
+    except ValueError:
+        return _fail(f"--assignment takes comma-separated integers (one cluster id per class), got "
+                     f"{args.assignment!r}")
+    import pickle
+
+    from stego_lite import env, inference
+
+    files = inference.list_images(images)
+    if not files:
+        return _fail(f"no images in {images} (looked for {', '.join(inference.IMAGE_SUFFIXES)})")
+    if args.crf:
+        from stego_lite.crf import _densecrf
+
+        try:
+            _densecrf()
+        except ImportError as err:
+            return _fail(f"--crf: {err}")
+    try:
+        model = inference.load_checkpoint(args.checkpoint, progress=not args.no_progress)
+    except (OSError, ValueError, pickle.UnpicklingError) as err:  # OSError: missing file, no network
+        return _fail(f"--checkpoint: {err}")
+    kwargs = {"crf": args.crf, "flip_tta": not args.no_flip, "device": args.device or env.default_device()}
+    if args.res is not None:
+        kwargs["res"] = args.res
+    try:
+        written, failed = inference.segment_folder(images, model, out, assignment=assignment,
+                                                   progress=not args.no_progress, **kwargs)
+    except ValueError as err:  # a bad --assignment, checked before any image
+        return _fail(f"--assignment: {err}")
+    for path, message in failed:
+        print(f"could not segment {path.name}: {message}", file=sys.stderr)
+    print(f"{len(files) - len(failed)} of {len(files)} images segmented; {len(written)} PNG files in {out}")
+    return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "train":
         _train(args)
         return 0
+    if args.command == "segment":
+        return _segment(args)
     from stego_lite import data   # imported here so that --help stays fast
 
     if args.command == "five-crop":

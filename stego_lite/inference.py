@@ -1,8 +1,12 @@
 """Segment your own images with a trained STEGO model: label maps and colour overlays.
 
+    model = load_checkpoint("cocostuff27")                         # or a STEGO .ckpt, or a save_model file
     results = stego_lite.segment("photos/", model, crf=True)       # a folder, files, PIL images or arrays
     results[0].cluster, results[0].cluster_overlay                  # (H, W) ids, (H, W, 3) uint8
     write_segmentations(results, "out/")                            # PNG masks and overlays, atomically
+    written, failed = segment_folder("photos/", model, "out/")     # one by one; unreadable files reported
+
+The same from a shell: `python -m stego_lite segment --checkpoint cocostuff27 --images photos --out out`.
 
 `cluster` holds the cluster probe's unsupervised segments. Their ids mean nothing by themselves; with
 an `assignment` from an evaluation (`evaluate(...)["cluster"]["assignment"]`, class -> cluster) they
@@ -11,6 +15,7 @@ are renamed to class ids. `linear` holds the (supervised) linear probe's classes
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,11 +26,34 @@ import torch
 from PIL import Image
 
 from stego_lite.data import SegTransform, pascal_palette, read_rgb
-from stego_lite.evaluate import StegoModel, crf_refine
+from stego_lite.evaluate import ModelFileError, StegoModel, crf_refine, load_model
 from stego_lite.metrics import relabel
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+DEFAULT_RES = 320  # STEGO's evaluation size, for a model that does not say which size it wants
+
+
+def load_checkpoint(checkpoint: str | os.PathLike, *, progress: bool = True) -> StegoModel:
+    """A model to segment with: a released STEGO name (see released.RELEASED; downloaded once), the path
+    of a STEGO Lightning .ckpt file, or a file written by `evaluate.save_model`."""
+    from stego_lite.released import RELEASED, load_released
+
+    if isinstance(checkpoint, str) and checkpoint in RELEASED:
+        return StegoModel.from_released(load_released(checkpoint, progress=progress))
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(checkpoint)!r} is neither a released STEGO model "
+                                f"({', '.join(RELEASED)}) nor a file: pass one of those names, the path of a "
+                                "STEGO .ckpt file, or a model file written by stego_lite.evaluate.save_model")
+    try:
+        return load_model(path, progress=progress)
+    except ModelFileError as not_ours:
+        try:
+            return StegoModel.from_released(load_released(path, progress=progress))
+        except (ValueError, pickle.UnpicklingError) as not_stego:
+            raise ValueError(f"{path} is neither a stego_lite model file nor a STEGO checkpoint.\n"
+                             f"  As a model file: {not_ours}\n  As a STEGO checkpoint: {not_stego}") from None
 
 
 class Segmentation(NamedTuple):
@@ -74,16 +102,22 @@ def overlay(image: np.ndarray, ids: np.ndarray, palette: np.ndarray, alpha: floa
 
 @torch.no_grad()
 def segment(images: ImageLike | Iterable[ImageLike], model: StegoModel, *, crf: bool = False,
-            res: int | None = 320, flip_tta: bool = True, assignment: np.ndarray | None = None,
+            res: int | None | str = "model", flip_tta: bool = True, assignment: np.ndarray | None = None,
             device: torch.device | str = "cpu") -> list[Segmentation]:
     """Segment each image: shorter side resized to `res` (None keeps the size), trimmed to the patch grid.
 
-    Raises OSError naming the file for an unreadable image; `write_segmentations` and the command
+    res="model" takes the model's own size (`model.res`: what it was trained or evaluated at), else 320.
+    `assignment` (class -> cluster, as `evaluate(...)["cluster"]["assignment"]`) renames cluster ids to
+    class ids. Raises OSError naming the file for an unreadable image; `segment_folder` and the command
     line report such files and carry on with the others.
     """
     model.eval().to(device)
-    transform = SegTransform(res, crop="none", patch_size=model.backbone.patch_size)
+    if res == "model":
+        res = model.res or DEFAULT_RES
     n_clusters = model.cluster_probe.clusters.shape[0]
+    if assignment is not None:
+        assignment = check_assignment(assignment, model.n_classes, n_clusters)
+    transform = SegTransform(res, crop="none", patch_size=model.backbone.patch_size)
     cluster_palette = pascal_palette(max(n_clusters, model.n_classes))
     class_palette = getattr(model, "palette", None)
     class_palette = pascal_palette(model.n_classes) if class_palette is None else np.asarray(class_palette)
@@ -97,13 +131,25 @@ def segment(images: ImageLike | Iterable[ImageLike], model: StegoModel, *, crf: 
             cluster_lp, linear_lp = crf_refine(img, cluster_lp).log(), crf_refine(img, linear_lp).log()
         cluster = cluster_lp.argmax(1)[0].cpu()
         if assignment is not None:
-            cluster = relabel(cluster, np.asarray(assignment))
+            cluster = relabel(cluster, assignment)
         cluster, linear = cluster.numpy(), linear_lp.argmax(1)[0].cpu().numpy()
         shown = _displayed(img[0].cpu())
         palette = class_palette if assignment is not None else cluster_palette
         results.append(Segmentation(name, shown, cluster, linear, overlay(shown, cluster, palette),
                                     overlay(shown, linear, class_palette)))
     return results
+
+
+def check_assignment(assignment, n_classes: int, n_clusters: int) -> np.ndarray:
+    """A class -> cluster assignment as int64 (n_classes,), distinct cluster ids in [0, n_clusters)."""
+    assignment = np.asarray(assignment)
+    if (assignment.shape != (n_classes,) or not np.issubdtype(assignment.dtype, np.integer)
+            or len(set(assignment.tolist())) != n_classes or assignment.min() < 0
+            or assignment.max() >= n_clusters):
+        raise ValueError(f"an assignment gives each of the {n_classes} classes its own cluster id in "
+                         f"[0, {n_clusters}), as evaluate(...)['cluster']['assignment'] does; got "
+                         f"{assignment.tolist()}")
+    return assignment.astype(np.int64)
 
 
 def _displayed(img: torch.Tensor) -> np.ndarray:
@@ -142,16 +188,25 @@ def write_segmentations(results: Iterable[Segmentation], out: str | os.PathLike)
     return written
 
 
-def segment_folder(folder: str | os.PathLike, model: StegoModel, out: str | os.PathLike, **kwargs) -> tuple[
-        list[Path], list[tuple[Path, str]]]:
-    """Segment every image of `folder` into `out`, one by one; an unreadable file is reported, not fatal.
+def segment_folder(folder: str | os.PathLike, model: StegoModel, out: str | os.PathLike, *,
+                   progress: bool = False, **kwargs) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Segment every image of `folder` into `out`, one by one; a file that cannot be read (or is too
+    small to segment) is reported, not fatal. `kwargs` go to `segment`.
 
     Returns (written paths, [(file, error message)]).
     """
+    from tqdm.auto import tqdm
+
+    if kwargs.get("assignment") is not None:  # checked once here: a bad one is not a per-image problem
+        kwargs["assignment"] = check_assignment(kwargs["assignment"], model.n_classes,
+                                                model.cluster_probe.clusters.shape[0])
     written, failed = [], []
-    for path in list_images(folder):
+    for path in tqdm(list_images(folder), desc="segment", unit="image", disable=not progress):
         try:
-            written += write_segmentations(segment(path, model, **kwargs), out)
-        except OSError as err:
-            failed.append((path, str(err)))
+            results = segment(path, model, **kwargs)
+        except (OSError, ValueError) as err:
+            # an unreadable file: PIL's own reason says it best (the path is reported beside it)
+            failed.append((path, str(err.__cause__ or err) if isinstance(err, OSError) else str(err)))
+            continue
+        written += write_segmentations(results, out)
     return written, failed

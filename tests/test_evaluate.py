@@ -76,8 +76,11 @@ def test_flip_tta_averages_the_flipped_code() -> None:
 def test_crf_keeps_a_clean_segmentation_clean() -> None:
     pytest.importorskip("pydensecrf.densecrf")
     data = [scene(i) for i in range(3)]
-    result = evaluate(colour_model(), data, crf=True, progress=False)
+    result = evaluate(colour_model(), data, crf=True, progress=False, batch_size=2)
     assert result["cluster"]["accuracy"] > 95
+    pooled = evaluate(colour_model(), data, crf=True, crf_workers=2, progress=False, batch_size=2)
+    assert torch.equal(pooled["cluster_confusion"], result["cluster_confusion"])
+    assert torch.equal(pooled["linear_confusion"], result["linear_confusion"])
 
 
 def test_wrong_resolution_names_the_transform() -> None:
@@ -120,3 +123,31 @@ def test_train_model_reuses_its_run_and_ignores_the_callers_rng(tmp_path, monkey
     fresh = stego_probes(4, 3, seed=0)["cluster"].clusters
     assert not torch.equal(fresh, model.cluster_probe.clusters), "the probe trained"
     assert torch.equal(fresh, stego_probes(4, 3, seed=0)["cluster"].clusters)
+
+
+def test_evaluate_run_is_computed_once_per_run_data_and_options(tmp_path, monkeypatch):
+    """evaluate_run stores the scores in the run folder; other options or a longer run evaluate anew."""
+    import stego_lite.evaluate as E
+    from stego_lite.train import TrainResult
+
+    data = [scene(i) for i in range(4)]
+    model = colour_model()
+    result = TrainResult(model.head, {}, [{"step": 1}], tmp_path)
+    calls = []
+    real = E.evaluate
+    monkeypatch.setattr(E, "evaluate", lambda *a, **k: calls.append(k) or real(*a, **k))
+    first = E.evaluate_run(model, result, data, flip_tta=False, progress=False)
+    again = E.evaluate_run(model, result, data, flip_tta=False, batch_size=1, progress=False)
+    assert len(calls) == 1, "batch size and progress do not change the scores: read back"
+    assert torch.equal(again["cluster_confusion"], first["cluster_confusion"])
+    assert np.array_equal(again["cluster"]["assignment"], first["cluster"]["assignment"])
+    assert again["linear"]["miou"] == first["linear"]["miou"]
+    np.testing.assert_array_equal(again["cluster"]["per_class_iou"], first["cluster"]["per_class_iou"])
+    E.evaluate_run(model, result, data, flip_tta=True, progress=False)
+    E.evaluate_run(model, result._replace(history=[{"step": 1}, {"step": 2}]), data, flip_tta=False,
+                   progress=False)
+    assert len(calls) == 3 and len(list(tmp_path.glob("eval-*.json"))) == 3
+    for path in tmp_path.glob("eval-*.json"):
+        path.write_text("{ damaged")
+    E.evaluate_run(model, result, data, flip_tta=False, progress=False)
+    assert len(calls) == 4, "a damaged file is recomputed"

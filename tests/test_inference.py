@@ -72,3 +72,20 @@ def test_unmatched_clusters_are_written_as_255(tmp_path: Path) -> None:
 def test_float_arrays_are_rejected() -> None:
     with pytest.raises(ValueError, match="uint8"):
         stego_lite.segment(np.zeros((8, 8, 3), np.float32), colour_model())
+
+
+def test_folder_reports_an_image_too_small_to_segment(tmp_path: Path) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    Image.fromarray(red_blue()).save(src / "good.png")
+    Image.fromarray(red_blue()[:2, :2]).save(src / "tiny.png")   # smaller than one 4-px patch
+    written, failed = segment_folder(src, colour_model(), out, res=None)
+    assert [p.name for p, _ in failed] == ["tiny.png"] and "smaller than one 4-px patch" in failed[0][1]
+    assert len(written) == 4
+
+
+def test_a_bad_assignment_stops_the_folder_before_any_image(tmp_path: Path) -> None:
+    Image.fromarray(red_blue()).save(tmp_path / "a.png")
+    with pytest.raises(ValueError, match="each of the 2 classes its own cluster id"):
+        segment_folder(tmp_path, colour_model(), tmp_path / "out", res=None, assignment=[0, 0])
+    assert not (tmp_path / "out").exists()
