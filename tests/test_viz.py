@@ -83,6 +83,29 @@ def test_image_grid_places_every_image() -> None:
     images = [np.full((4, 5, 3), i * 40, np.uint8) for i in range(5)]
     fig = viz.image_grid(images, titles=list("abcde"), cols=2)
     assert len(fig.data) == 5 and fig.layout.height == 3 * 180 + 60
-    assert fig.data[4].z.shape == (4, 5, 3)
+    assert fig.data[4].source.startswith("data:image/png;base64,")
     with pytest.raises(ValueError, match="5 images but 2 titles"):
         viz.image_grid(images, titles=["a", "b"])
+
+
+def test_image_data_uri_round_trips_label_maps_and_shrinks_photos() -> None:
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 8, (64, 64))
+    label_map = (np.array([[i * 30, 255 - i * 30, i * 10] for i in range(8)], np.uint8))[labels]
+    uri = viz.image_data_uri(label_map)
+    assert uri.startswith("data:image/png;base64,")
+    decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB"))
+    assert np.array_equal(decoded, label_map), "label maps are stored losslessly"
+    y, x = np.mgrid[0:128, 0:128]
+    photo = np.stack([x * 2, y * 2, (x + y)], axis=-1).astype(np.uint8)   # a smooth gradient, many colours
+    photo_uri = viz.image_data_uri(photo)
+    assert photo_uri.startswith("data:image/jpeg;base64,") and len(photo_uri) < photo.size
+    assert viz.image_data_uri(photo) == photo_uri, "deterministic bytes"
+    with pytest.raises(ValueError, match="RGB image"):
+        viz.image_data_uri(np.zeros((4, 4), np.uint8))
