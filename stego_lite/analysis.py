@@ -28,7 +28,7 @@ centroids (the code's norm is the same for every centroid).
 
 STEGO heads for all D of the grid train in one loop (`train_heads`) on the same batches, sampled points
 and random partners, so the backbone features, their sampled points and their correlation F are computed
-once per step for every head; each head's loss is exactly `loss.stego_loss` (a test checks it).
+once per step for every head (`loss.stego_losses`); each head's loss is exactly `loss.stego_loss`.
 """
 from __future__ import annotations
 
@@ -55,15 +55,7 @@ from stego_lite.env import cache_dir
 from stego_lite.features import save_atomic
 from stego_lite.head import SegmentationHead
 from stego_lite.knn import sample_positives
-from stego_lite.loss import (
-    NO_CLAMP,
-    LossConfig,
-    correlation,
-    feature_correlation,
-    partner_indices,
-    random_coords,
-    sample_points,
-)
+from stego_lite.loss import stego_losses
 from stego_lite.metrics import IGNORE_INDEX, confusion_matrix, hungarian_metrics, iou_and_accuracy
 from stego_lite.probes import kmeans
 from stego_lite.train import TrainConfig, build_head
@@ -139,47 +131,6 @@ SWEEPS: dict[str, SweepConfig] = {
 # STEGO heads of several dimensions, trained together
 
 
-def multi_head_loss(feats: Tensor, codes: Sequence[Tensor], feats_knn: Tensor, codes_knn: Sequence[Tensor],
-                    config: LossConfig, *, generator: torch.Generator | None = None) -> list[Tensor]:
-    """STEGO's loss of several heads on one batch, from one draw of points and partners: -> one total each.
-
-    feats, feats_knn (B, C, h, w) are the loss features (channel-dropped once, shared by all heads); codes
-    and codes_knn hold one (B, D_i, h, w) code per head. Draws from `generator` as `stego_loss` does, so
-    total i equals `stego_loss(feats, codes[i], feats_knn, codes_knn[i], config, generator=g).total` for a
-    generator in the same state; the sampled features and their correlation F are computed only once.
-    """
-    if len(codes) != len(codes_knn) or not codes:
-        raise ValueError(f"need one code and one KNN code per head, got {len(codes)} and {len(codes_knn)}")
-    B, device = feats.shape[0], feats.device
-    coords = random_coords(B, config.n_points, generator=generator, device=device)
-    coords_partner = random_coords(B, config.n_points, generator=generator, device=device)
-    perms = [partner_indices(B, generator=generator, device=device) for _ in range(config.n_random)]
-    feats1 = sample_points(feats, coords)
-
-    def target(partner: Tensor, shift: float) -> Tensor:   # F - b of one term, shared by every head
-        return feature_correlation(feats1, partner, pointwise=config.pointwise) - shift
-
-    self_target = target(feats1, config.self_shift)
-    knn_target = target(sample_points(feats_knn, coords_partner), config.knn_shift)
-    random_targets = [target(sample_points(feats[perm], coords_partner), config.random_shift)
-                      for perm in perms]
-    low = 0.0 if config.zero_clamp else NO_CLAMP
-
-    def term(code_a: Tensor, code_b: Tensor, shifted_f: Tensor) -> Tensor:   # as loss.correlation_loss
-        return -(correlation(code_a, code_b).clamp(min=low) * shifted_f).mean()
-
-    totals = []
-    for code, code_knn in zip(codes, codes_knn, strict=True):
-        code1 = sample_points(code, coords)
-        self_loss = term(code1, code1, self_target)
-        knn_loss = term(code1, sample_points(code_knn, coords_partner), knn_target)
-        random_loss = torch.stack([term(code1, sample_points(code[perm], coords_partner), t)
-                                   for perm, t in zip(perms, random_targets, strict=True)]).mean()
-        totals.append(config.self_weight * self_loss + config.knn_weight * knn_loss
-                      + config.random_weight * random_loss)
-    return totals
-
-
 def train_heads(dims: Sequence[int], config: TrainConfig, source, *, device: torch.device | str | None = None,
                 progress: bool = False) -> tuple[dict[int, SegmentationHead], float]:
     """Train one STEGO head per D in `dims` on the same batches: -> ({D: head in eval mode}, seconds).
@@ -218,8 +169,9 @@ def train_heads(dims: Sequence[int], config: TrainConfig, source, *, device: tor
             batch = source.batch(indices, positives, device)
             codes = [h.train()(batch.feats) for h in heads.values()]
             codes_knn = [h(batch.feats_pos) for h in heads.values()]
-            totals = multi_head_loss(loss_dropout(batch.feats), codes, loss_dropout(batch.feats_pos),
-                                     codes_knn, config.loss, generator=generator)
+            terms = stego_losses(loss_dropout(batch.feats), codes, loss_dropout(batch.feats_pos), codes_knn,
+                                 config.loss, generator=generator)
+            totals = [t.total for t in terms]
             total = torch.stack(totals).sum()
             if not torch.isfinite(total):
                 raise FloatingPointError(f"non-finite loss at iteration {step + 1} (per head: "

@@ -15,6 +15,7 @@ of the uncentred F is added back (STEGO's code does this; it acts as a shift of 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -69,6 +70,12 @@ def correlation_loss(feats_a: Tensor, feats_b: Tensor, code_a: Tensor, code_b: T
     correlation (B, h, w, h, w). The feature correlation F carries no gradient: only the codes learn.
     """
     feat_corr = feature_correlation(feats_a, feats_b, pointwise=pointwise)  # (B, h, w, h, w)
+    return _code_loss(feat_corr, code_a, code_b, shift, zero_clamp=zero_clamp)
+
+
+def _code_loss(feat_corr: Tensor, code_a: Tensor, code_b: Tensor, shift: float, *,
+               zero_clamp: bool) -> tuple[Tensor, Tensor]:
+    """`correlation_loss` for an already computed F (B, h, w, h, w): -> (loss, S)."""
     code_corr = correlation(code_a, code_b)  # (B, h, w, h, w)
     low = 0.0 if zero_clamp else NO_CLAMP
     loss = -(code_corr.clamp(min=low) * (feat_corr - shift)).mean()
@@ -150,31 +157,49 @@ def stego_loss(feats: Tensor, code: Tensor, feats_knn: Tensor, code_knn: Tensor,
     feats (B, C, h, w) are the (channel-dropped) features, code (B, D, h, w) the head's output; `*_knn` the
     same for each image's nearest-neighbour partner. Random partners are other images of the batch.
     """
-    if not feats.shape[0] == code.shape[0] == feats_knn.shape[0] or code.shape != code_knn.shape:
-        raise ValueError(f"batch shapes disagree: feats {tuple(feats.shape)}, code {tuple(code.shape)}, "
-                         f"feats_knn {tuple(feats_knn.shape)}, code_knn {tuple(code_knn.shape)}")
+    return stego_losses(feats, [code], feats_knn, [code_knn], config, generator=generator)[0]
+
+
+def stego_losses(feats: Tensor, codes: Sequence[Tensor], feats_knn: Tensor, codes_knn: Sequence[Tensor],
+                 config: LossConfig, *, generator: torch.Generator | None = None) -> list[LossTerms]:
+    """`stego_loss` of several codes of one batch (e.g. heads of different D) from one draw of points and
+    partners: the sampled features and their correlation F are computed once and shared by every code.
+
+    Element i equals `stego_loss(feats, codes[i], feats_knn, codes_knn[i], config, generator=g)` for a
+    generator in the same state: the draws (anchor points, partner points, random partners) are the same.
+    """
+    if not codes or len(codes) != len(codes_knn):
+        raise ValueError(f"need one code and one KNN code per head, got {len(codes)} and {len(codes_knn)}")
+    for code, code_knn in zip(codes, codes_knn):
+        if not feats.shape[0] == code.shape[0] == feats_knn.shape[0] or code.shape != code_knn.shape:
+            raise ValueError(f"batch shapes disagree: feats {tuple(feats.shape)}, code {tuple(code.shape)}, "
+                             f"feats_knn {tuple(feats_knn.shape)}, code_knn {tuple(code_knn.shape)}")
     B, device = feats.shape[0], feats.device
     coords = random_coords(B, config.n_points, generator=generator, device=device)
     coords_partner = random_coords(B, config.n_points, generator=generator, device=device)
-    feats1, code1 = sample_points(feats, coords), sample_points(code, coords)  # (B, C|D, S, S)
-    options = {"pointwise": config.pointwise, "zero_clamp": config.zero_clamp}
-
-    self_loss, self_corr = correlation_loss(feats1, feats1, code1, code1, config.self_shift, **options)
-    feats2, code2 = sample_points(feats_knn, coords_partner), sample_points(code_knn, coords_partner)
-    knn_loss, knn_corr = correlation_loss(feats1, feats2, code1, code2, config.knn_shift, **options)
-    random_losses, random_corrs, partners = [], [], []
-    for _ in range(config.n_random):
-        perm = partner_indices(B, generator=generator, device=device)
-        feats2, code2 = sample_points(feats[perm], coords_partner), sample_points(code[perm], coords_partner)
-        loss, corr = correlation_loss(feats1, feats2, code1, code2, config.random_shift, **options)
-        random_losses.append(loss)
-        random_corrs.append(corr)
-        partners.append(perm)
-    random_loss = torch.stack(random_losses).mean()  # = mean over the concatenated draws (equal sizes)
-    total = (config.self_weight * self_loss + config.knn_weight * knn_loss
-             + config.random_weight * random_loss)
-    return LossTerms(total, self_loss, knn_loss, random_loss, self_corr, knn_corr, torch.cat(random_corrs),
-                     torch.stack([coords, coords_partner]), torch.stack(partners))
+    partners = [partner_indices(B, generator=generator, device=device) for _ in range(config.n_random)]
+    feats1 = sample_points(feats, coords)  # (B, C, S, S)
+    partner_feats = [sample_points(feats_knn, coords_partner)]
+    partner_feats += [sample_points(feats[perm], coords_partner) for perm in partners]
+    # F of the self term, the KNN term and each random draw: no gradient, the same for every code
+    self_f, knn_f, *random_fs = [feature_correlation(feats1, other, pointwise=config.pointwise)
+                                 for other in [feats1, *partner_feats]]
+    clamp = {"zero_clamp": config.zero_clamp}
+    out = []
+    for code, code_knn in zip(codes, codes_knn):
+        code1 = sample_points(code, coords)  # (B, D, S, S)
+        self_loss, self_corr = _code_loss(self_f, code1, code1, config.self_shift, **clamp)
+        knn_loss, knn_corr = _code_loss(knn_f, code1, sample_points(code_knn, coords_partner),
+                                        config.knn_shift, **clamp)
+        random = [_code_loss(f, code1, sample_points(code[perm], coords_partner), config.random_shift, **clamp)
+                  for perm, f in zip(partners, random_fs)]
+        random_loss = torch.stack([loss for loss, _ in random]).mean()  # = mean over the concatenated draws
+        total = (config.self_weight * self_loss + config.knn_weight * knn_loss
+                 + config.random_weight * random_loss)
+        out.append(LossTerms(total, self_loss, knn_loss, random_loss, self_corr, knn_corr,
+                             torch.cat([corr for _, corr in random]), torch.stack([coords, coords_partner]),
+                             torch.stack(partners)))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from sklearn.random_projection import johnson_lindenstrauss_min_dim
 from stego_lite import analysis as A
 from stego_lite.features import FeatureKey, FeatureSet
 from stego_lite.knn import FeatureSource
-from stego_lite.loss import LossConfig, stego_loss
+from stego_lite.loss import LossConfig, stego_loss, stego_losses
 from stego_lite.probes import ClusterProbe
 from stego_lite.train import TrainConfig
 
@@ -133,14 +133,14 @@ def test_distinctness_ignores_unlabelled_rows_and_ranks_separated_classes_higher
 # --- heads trained together --------------------------------------------------------------------------------
 
 
-def test_multi_head_loss_equals_stego_loss_for_every_head() -> None:
+def test_shared_draw_losses_equal_stego_loss_for_every_head() -> None:
     g = torch.Generator().manual_seed(0)
     config = LossConfig(self_shift=0.3, knn_shift=0.2, random_shift=0.6, n_points=4, n_random=3)
     feats, feats_knn = torch.randn(5, 9, 6, 6, generator=g), torch.randn(5, 9, 6, 6, generator=g)
     codes = [torch.randn(5, d, 6, 6, generator=g) for d in (2, 4, 7)]
     codes_knn = [torch.randn(5, d, 6, 6, generator=g) for d in (2, 4, 7)]
-    totals = A.multi_head_loss(feats, codes, feats_knn, codes_knn, config,
-                               generator=torch.Generator().manual_seed(3))
+    totals = [t.total for t in stego_losses(feats, codes, feats_knn, codes_knn, config,
+                                            generator=torch.Generator().manual_seed(3))]
     for code, code_knn, total in zip(codes, codes_knn, totals, strict=True):
         reference = stego_loss(feats, code, feats_knn, code_knn, config,
                                generator=torch.Generator().manual_seed(3))
