@@ -176,11 +176,16 @@ def evaluate(model: StegoModel, dataset: Dataset, *, res: int | None = None, fli
                 cluster_pred, linear_pred = cluster_lp.argmax(1).cpu(), linear_lp.argmax(1).cpu()
             cluster_cm.update(cluster_pred, label)
             linear_cm.update(linear_pred, label)
+    return _scores(cluster_cm.matrix, linear_cm.matrix, stego_compatible=stego_compatible)
+
+
+def _scores(cluster_confusion: Tensor, linear_confusion: Tensor, *, stego_compatible: bool) -> dict:
+    """`evaluate`'s result: every number follows from the two dataset-wide confusion matrices."""
     return {
-        "cluster": hungarian_metrics(cluster_cm.matrix, stego_compatible=stego_compatible),
-        "linear": iou_and_accuracy(linear_cm.matrix),
-        "cluster_confusion": cluster_cm.matrix,
-        "linear_confusion": linear_cm.matrix,
+        "cluster": hungarian_metrics(cluster_confusion, stego_compatible=stego_compatible),
+        "linear": iou_and_accuracy(linear_confusion),
+        "cluster_confusion": cluster_confusion,
+        "linear_confusion": linear_confusion,
     }
 
 
@@ -418,30 +423,14 @@ def evaluate_run(model: StegoModel, result, dataset: Dataset, **options) -> dict
     digest = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(result.run_dir) / f"eval-{digest}.json"
     if path.is_file():
-        try:
-            return _from_json(json.loads(path.read_text()))
-        except (ValueError, KeyError):
+        try:   # the confusion matrices are stored; the scores are derived from them as `evaluate` does
+            saved = json.loads(path.read_text())
+            return _scores(torch.tensor(saved["cluster_confusion"], dtype=torch.int64),
+                           torch.tensor(saved["linear_confusion"], dtype=torch.int64),
+                           stego_compatible=spec["options"]["stego_compatible"])
+        except (ValueError, KeyError, TypeError):
             pass   # a damaged file: evaluate again and replace it
     scores = evaluate(model, dataset, **options)
-    write_json_atomic(path, {"spec": spec, **_to_json(scores)})
+    write_json_atomic(path, {"spec": spec, "cluster_confusion": scores["cluster_confusion"].tolist(),
+                             "linear_confusion": scores["linear_confusion"].tolist()})
     return scores
-
-
-def _to_json(scores: dict) -> dict:
-    probe = lambda m: {"accuracy": float(m["accuracy"]), "miou": float(m["miou"]),
-                       "per_class_iou": [float(v) for v in m["per_class_iou"]],
-                       **({"assignment": [int(v) for v in m["assignment"]]} if "assignment" in m else {})}
-    return {"cluster": probe(scores["cluster"]), "linear": probe(scores["linear"]),
-            "cluster_confusion": scores["cluster_confusion"].tolist(),
-            "linear_confusion": scores["linear_confusion"].tolist()}
-
-
-def _from_json(saved: dict) -> dict:
-    def probe(m: dict) -> dict:
-        out = {"accuracy": m["accuracy"], "miou": m["miou"], "per_class_iou": np.array(m["per_class_iou"])}
-        if "assignment" in m:
-            out["assignment"] = np.array(m["assignment"], dtype=np.int64)
-        return out
-    return {"cluster": probe(saved["cluster"]), "linear": probe(saved["linear"]),
-            "cluster_confusion": torch.tensor(saved["cluster_confusion"], dtype=torch.int64),
-            "linear_confusion": torch.tensor(saved["linear_confusion"], dtype=torch.int64)}
