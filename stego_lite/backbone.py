@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
 from urllib.parse import urlparse
@@ -424,10 +424,7 @@ def _load_strict(model: Backbone, state: object, source: str) -> None:
         raise ValueError(f"{source} holds a {type(state).__name__}, not a flat state dict of tensors; "
                          f"training checkpoints keep it under a key such as 'teacher' or 'state_dict'")
     expected = model.state_dict()
-    missing = sorted(expected.keys() - state.keys())
-    unexpected = sorted(state.keys() - expected.keys())
-    wrong_shape = [f"{k}: file {tuple(state[k].shape)}, model {tuple(v.shape)}"
-                   for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    missing, unexpected, wrong_shape = state_mismatch(expected, state)
     if missing or unexpected or wrong_shape:
         raise ValueError(
             f"{source} does not fit {model.name!r} (is it the file of another backbone?)\n"
@@ -437,6 +434,16 @@ def _load_strict(model: Backbone, state: object, source: str) -> None:
     model.load_state_dict(state, strict=True, assign=True)  # assign: takes the tensors, for meta-built models
     left = [k for k, v in [*model.named_parameters(), *model.named_buffers()] if v.is_meta]
     assert not left, f"{model.name}: tensors not in its state dict stay unset after loading: {left}"
+
+
+def state_mismatch(expected: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> tuple[list[str], ...]:
+    """How `state` fails to fit `expected` (a module's state dict): sorted missing keys, sorted unexpected
+    keys, and "key: file (shape), model (shape)" for each wrongly shaped one. All empty: it fits."""
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    wrong_shape = [f"{k}: file {tuple(state[k].shape)}, model {tuple(v.shape)}"
+                   for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    return missing, unexpected, wrong_shape
 
 
 def _shorten(items: list[str], limit: int = 8) -> str:

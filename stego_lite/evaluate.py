@@ -366,12 +366,11 @@ def _rows(state: dict[str, Tensor], key: str) -> int:
 
 def _state_problems(part: str, module: nn.Module, state: dict[str, Tensor]) -> list[str]:
     """Missing, unexpected and wrongly shaped keys of `state` against `module`, each named `part.key`."""
-    expected = module.state_dict()
-    problems = [f"{part}.{k}: missing" for k in sorted(expected.keys() - state.keys())]
-    problems += [f"{part}.{k}: unexpected" for k in sorted(state.keys() - expected.keys())]
-    problems += [f"{part}.{k}: file {tuple(state[k].shape)}, model {tuple(v.shape)}"
-                 for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    return problems
+    from stego_lite.backbone import state_mismatch
+
+    missing, unexpected, wrong_shape = state_mismatch(module.state_dict(), state)
+    return ([f"{part}.{k}: missing" for k in missing] + [f"{part}.{k}: unexpected" for k in unexpected]
+            + [f"{part}.{k}" for k in wrong_shape])
 
 
 def _load_recorded_backbone(spec: dict, state: dict[str, Tensor] | None, path: Path,

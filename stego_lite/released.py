@@ -402,10 +402,8 @@ def _load_parts(parts: dict[str, nn.Module], state: dict[str, Tensor], source: s
     """Check every key and shape against the built modules, report all problems at once, then load."""
     expected = {checkpoint_key(part, k): (part, k, v) for part, module in parts.items()
                 for k, v in module.state_dict().items()}
-    missing = sorted(expected.keys() - state.keys())
-    unexpected = sorted(k for k in state.keys() - expected.keys() if not k.startswith(IGNORED_PREFIXES))
-    wrong_shape = [f"{k}: file {tuple(state[k].shape)}, model {tuple(v.shape)}"
-                   for k, (_, _, v) in expected.items() if k in state and state[k].shape != v.shape]
+    used = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}
+    missing, unexpected, wrong_shape = bb.state_mismatch({k: v for k, (_, _, v) in expected.items()}, used)
     if missing or unexpected or wrong_shape:
         raise ValueError(
             f"{source} does not fit the STEGO model its config describes ({parts['backbone'].name}, head "
