@@ -375,21 +375,36 @@ def load_backbone(name: str, weights: str | os.PathLike | None = "official", *,
 
 def _download(name: str, url: str, cache_dir: str | os.PathLike | None, progress: bool) -> dict:
     """The official state dict through torch.hub's cache: downloaded once, read from the cache afterwards."""
+    path = cached_download(url, cache_dir=cache_dir, progress=progress, what=f"the {name!r} weights",
+                           retry=f"load_backbone({name!r})", alternative="pass weights='/path/to/{file}'")
+    return _read_checkpoint(path)
+
+
+def cached_download(url: str, *, cache_dir: str | os.PathLike | None, progress: bool, what: str, retry: str,
+                    alternative: str) -> Path:
+    """The file at `url` in torch.hub's checkpoint folder (`cache_dir` replaces it), named after the URL's
+    last part as torch.hub names it: downloaded once, atomically (torch.hub writes a temporary file, then
+    renames it), then read from there.
+
+    Offline, a ConnectionError names `what`, the URL and where to place the file by hand, after which
+    `retry` reads it without the network (or `alternative`, where "{file}" stands for the file name).
+    """
     folder = Path(cache_dir).expanduser() if cache_dir is not None else weights_dir()
-    file_name = Path(urlparse(url).path).name  # torch.hub names the cached file after the URL's last part
+    file_name = Path(urlparse(url).path).name
     path = folder / file_name
+    if path.is_file():
+        return path
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         with _socket_timeout(DOWNLOAD_TIMEOUT_S):
-            return torch.hub.load_state_dict_from_url(
-                url, model_dir=str(folder), map_location="cpu", progress=progress, weights_only=True)
+            torch.hub.download_url_to_file(url, str(path), progress=progress)
     except Exception as err:
-        if path.exists():  # already cached or fully downloaded, so the file itself is the problem
-            raise _unreadable(path, err) from err
         raise ConnectionError(
-            f"could not download the {name!r} weights from {url} ({type(err).__name__}: {err}).\n"
+            f"could not download {what} from {url} ({type(err).__name__}: {err}).\n"
             f"Offline? Fetch that URL elsewhere and place the file, named {file_name!r}, at\n    {path}\n"
-            f"load_backbone({name!r}) then reads it from there without the network "
-            f"(or pass weights='/path/to/{file_name}').") from err
+            f"{retry} then reads it from there without the network "
+            f"(or {alternative.format(file=file_name)}).") from err
+    return path
 
 
 @contextlib.contextmanager

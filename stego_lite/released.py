@@ -34,13 +34,11 @@ from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 from torch import Tensor, nn
 
 from stego_lite import backbone as bb
-from stego_lite.env import weights_dir
 from stego_lite.head import SegmentationHead
 from stego_lite.probes import ClusterProbe, LinearProbe
 
@@ -306,24 +304,9 @@ def download_released(name: str, *, cache_dir: str | os.PathLike | None = None,
     downloaded once, atomically (torch.hub writes a temporary file, then renames it), then read from there."""
     if name not in RELEASED:
         raise ValueError(f"unknown released STEGO model {name!r}; choose one of {sorted(RELEASED)}")
-    url = RELEASED[name]
-    folder = Path(cache_dir).expanduser() if cache_dir is not None else weights_dir()
-    file_name = Path(urlparse(url).path).name
-    path = folder / file_name
-    if path.is_file():
-        return path
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with bb._socket_timeout(bb.DOWNLOAD_TIMEOUT_S):
-            torch.hub.download_url_to_file(url, str(path), progress=progress)
-    except Exception as err:
-        raise ConnectionError(
-            f"could not download the released STEGO model {name!r} from {url} "
-            f"({type(err).__name__}: {err}).\n"
-            f"Offline? Fetch that URL elsewhere and place the file, named {file_name!r}, at\n    {path}\n"
-            f"load_released({name!r}) then reads it from there without the network "
-            f"(or pass its path: load_released('/path/to/{file_name}')).") from err
-    return path
+    return bb.cached_download(RELEASED[name], cache_dir=cache_dir, progress=progress,
+                              what=f"the released STEGO model {name!r}", retry=f"load_released({name!r})",
+                              alternative="pass its path: load_released('/path/to/{file}')")
 
 
 def backbone_name(cfg: dict) -> str:
