@@ -54,11 +54,10 @@ from torch import Tensor, nn
 from stego_lite.env import cache_dir
 from stego_lite.features import save_atomic
 from stego_lite.head import SegmentationHead
-from stego_lite.knn import sample_positives
 from stego_lite.loss import stego_losses
 from stego_lite.metrics import IGNORE_INDEX, confusion_matrix, hungarian_metrics, iou_and_accuracy
 from stego_lite.probes import kmeans
-from stego_lite.train import TrainConfig, build_head
+from stego_lite.train import EpochOrder, TrainConfig, build_head, next_batch
 
 CACHE_VERSION = 1   # bump when anything below changes the cached heads or tables
 
@@ -153,20 +152,13 @@ def train_heads(dims: Sequence[int], config: TrainConfig, source, *, device: tor
         loss_dropout = nn.Dropout2d(config.dropout)   # the correlation target's channel dropout, shared
         optimizer = torch.optim.Adam([p for h in heads.values() for p in h.parameters()], lr=config.lr)
         generator = torch.Generator().manual_seed(config.seed)
-        per_epoch = len(source) // config.batch_size   # full batches only, as in train.train
-        order, position = torch.randperm(len(source), generator=generator), 0
+        batches = EpochOrder(len(source), config.batch_size, generator)   # the data order of train.train
         steps = range(config.steps)
         if progress:
             from tqdm.auto import tqdm
             steps = tqdm(steps, desc=f"{len(heads)} heads", unit="it")
         for step in steps:
-            if position == per_epoch:
-                order, position = torch.randperm(len(order), generator=generator), 0
-            indices = order[position * config.batch_size:(position + 1) * config.batch_size]
-            position += 1
-            positives = sample_positives(source.nns, indices, num_neighbors=config.num_neighbors,
-                                         generator=generator)
-            batch = source.batch(indices, positives, device)
+            batch = next_batch(source, batches, config, device)
             codes = [h.train()(batch.feats) for h in heads.values()]
             codes_knn = [h(batch.feats_pos) for h in heads.values()]
             terms = stego_losses(loss_dropout(batch.feats), codes, loss_dropout(batch.feats_pos), codes_knn,

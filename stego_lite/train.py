@@ -194,6 +194,36 @@ def _progress(enabled: bool, total: int, initial: int):
     return tqdm(total=total, initial=initial, desc="training head", unit="it")
 
 
+class EpochOrder:
+    """Full batches of image indices in a shuffled order, reshuffled every epoch, drawn from `generator`.
+
+    `order` and `position` are the state a checkpoint keeps; a last partial batch is skipped, so every
+    batch has `batch_size` images.
+    """
+
+    def __init__(self, n_images: int, batch_size: int, generator: torch.Generator) -> None:
+        self.batch_size, self.generator = batch_size, generator
+        self.per_epoch = n_images // batch_size
+        self.order, self.position = torch.randperm(n_images, generator=generator), 0
+
+    def next(self) -> Tensor:
+        """The next batch's indices (batch_size,)."""
+        if self.position == self.per_epoch:
+            self.order, self.position = torch.randperm(len(self.order), generator=self.generator), 0
+        B = self.batch_size
+        indices = self.order[self.position * B:(self.position + 1) * B]
+        self.position += 1
+        return indices
+
+
+def next_batch(source: Source, batches: EpochOrder, config: TrainConfig, device: torch.device) -> Batch:
+    """The next batch of `batches` with a KNN positive per image (ranks 1..config.num_neighbors)."""
+    indices = batches.next()
+    positives = sample_positives(source.nns, indices, num_neighbors=config.num_neighbors,
+                                 generator=batches.generator)
+    return source.batch(indices, positives, device)
+
+
 class _Loop:
     """A run's modules and state (iteration, data order, RNGs, history), saved and restored exactly."""
 
@@ -204,22 +234,14 @@ class _Loop:
             probe.to(device)
         self.optimizers = [torch.optim.Adam(head.parameters(), lr=config.lr)]
         self.optimizers += [torch.optim.Adam(p.parameters(), lr=config.probe_lr) for p in probes.values()]
-        self.per_epoch = len(source) // config.batch_size  # full batches only: all have batch_size images
         self.generator = torch.Generator().manual_seed(config.seed)  # on the CPU: same draws on any device
-        self.order, self.position = torch.randperm(len(source), generator=self.generator), 0
+        self.batches = EpochOrder(len(source), config.batch_size, self.generator)
         self.step, self.seconds, self.history = 0, 0.0, []
 
     def iteration(self) -> dict[str, float]:
         """One training iteration on the next batch of the epoch's shuffled order; appends to the history."""
         start = time.perf_counter()
-        if self.position == self.per_epoch:
-            self.order, self.position = torch.randperm(len(self.order), generator=self.generator), 0
-        B = self.config.batch_size
-        indices = self.order[self.position * B:(self.position + 1) * B]
-        self.position += 1
-        positives = sample_positives(self.source.nns, indices, num_neighbors=self.config.num_neighbors,
-                                     generator=self.generator)
-        batch = self.source.batch(indices, positives, self.device)
+        batch = next_batch(self.source, self.batches, self.config, self.device)
         metrics = train_step(self.head, batch, self.config, self.optimizers, probes=self.probes,
                              generator=self.generator, step=self.step + 1)
         self.step += 1
@@ -234,7 +256,7 @@ class _Loop:
             "probes": {k: p.state_dict() for k, p in self.probes.items()},
             "optimizers": [opt.state_dict() for opt in self.optimizers],
             "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
-            "order": self.order, "position": self.position, "history": self.history,
+            "order": self.batches.order, "position": self.batches.position, "history": self.history,
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
@@ -263,7 +285,7 @@ class _Loop:
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        self.order, self.position = state["order"], state["position"]
+        self.batches.order, self.batches.position = state["order"], state["position"]
         self.step, self.seconds, self.history = state["step"], state["seconds"], state["history"]
 
 
