@@ -36,8 +36,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -51,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stego_lite.data.files import write_atomic
 from stego_lite.env import cache_dir
 from stego_lite.features import save_atomic
 from stego_lite.head import SegmentationHead
@@ -842,14 +841,7 @@ def cached_frames(name: str, spec: Any,
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def _progress(items, enabled: bool, desc: str):

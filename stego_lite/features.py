@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import pickle
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,12 +190,6 @@ def _read(path: Path, key: FeatureKey) -> dict[str, Any] | None:
 
 def save_atomic(obj: Any, path: Path) -> None:
     """torch.save to a temporary file beside `path`, then rename: readers see the whole file or none."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from stego_lite.data.files import write_atomic
+
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple, Union
@@ -26,6 +25,7 @@ import torch
 from PIL import Image
 
 from stego_lite.data import SegTransform, pascal_palette, read_rgb
+from stego_lite.data.files import write_atomic
 from stego_lite.evaluate import ModelFileError, StegoModel, crf_refine, load_model
 from stego_lite.metrics import relabel
 
@@ -160,14 +160,7 @@ def _displayed(img: torch.Tensor) -> np.ndarray:
 
 def _save_png(array: np.ndarray, path: Path) -> None:
     """Write a PNG atomically: a temporary file in the same folder, then a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png.tmp")
-    os.close(fd)
-    try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
 def write_segmentations(results: Iterable[Segmentation], out: str | os.PathLike) -> list[Path]:

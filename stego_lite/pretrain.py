@@ -31,7 +31,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 
@@ -287,8 +286,7 @@ def dino_history(images: Tensor, config: DinoConfig, *, steps: int, seed: int = 
     if path.is_file():
         return json.loads(path.read_text())
     _, history = train_dino(images, config, steps=steps, seed=seed, device=device, threads=threads)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(history))
-    os.replace(tmp, path)  # atomic: a reader never sees half a file
+    from stego_lite.data.files import write_atomic
+
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(history)))  # a reader never sees half a file
     return history

@@ -291,7 +291,7 @@ class _Loop:
 
 def _write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
     """history.json and history.csv (one row per iteration) beside the checkpoint, both atomically."""
-    from stego_lite.data.files import write_json_atomic
+    from stego_lite.data.files import write_atomic, write_json_atomic
 
     write_json_atomic(run_dir / "history.json", history)
     text = io.StringIO()
@@ -299,9 +299,7 @@ def _write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
                             restval="")
     writer.writeheader()
     writer.writerows(history)
-    tmp = run_dir / f".history.csv.{id(text)}.tmp"
-    tmp.write_text(text.getvalue())
-    tmp.replace(run_dir / "history.csv")
+    write_atomic(run_dir / "history.csv", lambda tmp: tmp.write_text(text.getvalue()))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,18 +71,24 @@ def apply_lut(raw: np.ndarray, lut: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to `path` through a temporary file and a rename, so readers see all of it or nothing."""
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
+    """Create `path` by `write(tmp)` on a temporary file beside it, then a rename: readers see the whole
+    file or none, and a failed write leaves nothing behind. Every writer of caches and outputs uses it."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
+        write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to `path` through a temporary file and a rename, so readers see all of it or nothing."""
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
