@@ -128,34 +128,33 @@ def _train(args: argparse.Namespace) -> None:
     else:
         nns = knn.nearest_neighbors(backbone, dataset, device=device, progress=progress)
         source = train.ImageSource(backbone, dataset, nns)
-    probes = None
-    if args.probes:  # the same probes as evaluate.train_model, so the run folder is the one it uses
-        from stego_lite.evaluate import stego_probes
+    options = {"checkpoint_every": args.checkpoint_every, "device": device, "progress": progress}
+    if args.probes:  # head and STEGO's two probes, in the run folder that evaluate.train_model reads back
+        from stego_lite.evaluate import train_model
 
-        probes = stego_probes(config.dim, len(dataset.classes), seed=config.seed)
-    run_dir = args.run_dir or train.run_dir_for(config, source, probes)
-    result = train.train(config, source, probes=probes, run_dir=run_dir,
-                         checkpoint_every=args.checkpoint_every, device=device, progress=progress)
+        model, result = train_model(config, backbone, source, dataset.classes, run_dir=args.run_dir, **options)
+    else:
+        run_dir = args.run_dir or train.run_dir_for(config, source)
+        result = train.train(config, source, run_dir=run_dir, **options)
     last = result.history[-1] if result.history else {}
     print(f"{args.preset}: {len(result.history)} iterations, loss {last.get('loss', float('nan')):.4f} "
           f"(self {last.get('self', float('nan')):.4f}, knn {last.get('knn', float('nan')):.4f}, "
-          f"random {last.get('random', float('nan')):.4f}); checkpoint and history in {run_dir}")
+          f"random {last.get('random', float('nan')):.4f}); checkpoint and history in {result.run_dir}")
     if args.probes:
-        _save_trained_model(args.preset, backbone, result, dataset, Path(run_dir))
+        _save_trained_model(args.preset, model, dataset, result.run_dir)
 
 
-def _save_trained_model(preset: str, backbone, result, dataset, run_dir: Path) -> None:
+def _save_trained_model(preset: str, model, dataset, run_dir: Path) -> None:
     import dataclasses
 
-    from stego_lite.evaluate import StegoModel, save_model
+    from stego_lite.evaluate import save_model
     from stego_lite.loss import get_preset
 
-    model = StegoModel.from_training(backbone, result, dataset.classes)
     # SynthStuff is segmented at its own size; STEGO evaluates the real datasets at 320 px
     res = get_preset(preset).res if preset == "synthstuff" else 320
     model = dataclasses.replace(model, palette=getattr(dataset, "palette", None), res=res)
     path = save_model(model, run_dir / "model.pt")
-    print(f"model (backbone {backbone.name}, head, cluster and linear probes) in {path}\n"
+    print(f"model (backbone {model.backbone.name}, head, cluster and linear probes) in {path}\n"
           f"segment a folder with: python -m stego_lite segment --checkpoint {path} --images DIR --out DIR")
 
 

@@ -115,17 +115,17 @@ def stego_probes(dim: int, n_classes: int, *, seed: int = 0) -> dict[str, nn.Mod
 
 
 def train_model(config, backbone: nn.Module, source, classes, *, device: torch.device | str | None = None,
-                checkpoint_every: int = 100, progress: bool = False):
+                checkpoint_every: int = 100, progress: bool = False, run_dir: str | os.PathLike | None = None):
     """Train a head and both probes jointly (as STEGO does) and bundle them: -> (StegoModel, TrainResult).
 
     `config` is a `train.TrainConfig`, `source` a `knn.FeatureSource` or `knn.ImageSource`. The run lives
-    in `train.run_dir_for(config, source, probes)`: a finished run is read back instead of retrained, an
-    interrupted one resumes.
+    in `run_dir`, by default `train.run_dir_for(config, source, probes)`: a finished run is read back
+    instead of retrained, an interrupted one resumes.
     """
     from stego_lite.train import run_dir_for, train
 
     probes = stego_probes(config.dim, len(classes), seed=config.seed)
-    result = train(config, source, probes=probes, run_dir=run_dir_for(config, source, probes),
+    result = train(config, source, probes=probes, run_dir=run_dir or run_dir_for(config, source, probes),
                    checkpoint_every=checkpoint_every, device=device, progress=progress)
     return StegoModel.from_training(backbone, result, classes), result
 
