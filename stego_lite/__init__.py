@@ -1,8 +1,24 @@
 """stego_lite: a small, readable rebuild of STEGO for the book "STEGO, unpacked".
 
-One module per concept (backbone, data, head, loss, knn, train, probes, metrics, crf, evaluate,
-analysis, viz). Submodules are imported on first use, so `import stego_lite as sl` stays cheap and
-has no side effects; `sl.viz`, `sl.backbone`, ... work as attributes.
+One module per concept. Submodules are imported on first use, so `import stego_lite as sl` stays cheap
+and has no side effects; `sl.viz`, `sl.backbone`, ... work as attributes.
+
+    profiles      what differs between settings: presets (data + training) and the book's profiles
+    backbone      frozen DINO/DINOv2 ViTs and their registry      checkpoints   downloading, strict loading
+    texture_bank  the offline stand-in for DINO's features        pretrain      DINO's objective, compact
+    data          SynthStuff, STEGO's datasets and layouts, transforms, five-crop, own images
+    features      a dataset's frozen features, cached             knn           nearest images (positives)
+    sources       training batches: cached features or images     head          the segmentation head
+    loss          the correlation loss                            train         the training loop
+    train_heads   heads of several sizes D trained together       probes        cluster/linear probes, k-means
+    model         a trained model and its file                    evaluate      metrics with TTA and CRF
+    metrics       confusion matrices, Hungarian matching          crf           dense CRF
+    inference     segment your own images                         reducers      identity, PCA, RP, head
+    token_probes  probes fitted post hoc on frozen tokens         cluster_quality  distinctness indices
+    analysis      the mechanism studies (sweep, convergence)      published     papers' numbers, labelled
+    cache         the keyed on-disk cache behind every cache      files         atomic writes, locks
+    progress      the one progress bar                            env           devices, folders, seeds
+    viz           figures for the book
 """
 from __future__ import annotations
 
@@ -12,8 +28,10 @@ from types import ModuleType
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "analysis", "backbone", "crf", "data", "env", "evaluate", "features", "head", "knn", "loss", "metrics",
-    "inference", "pretrain", "probes", "profiles", "published", "released", "texture_bank", "train", "viz",
+    "analysis", "backbone", "checkpoints", "cluster_quality", "crf", "data", "env", "evaluate", "features",
+    "head", "knn", "loss", "metrics", "inference", "model", "pretrain", "probes", "profiles", "published",
+    "reducers", "released", "sources", "texture_bank", "token_probes", "train", "train_heads", "viz", "cache",
+    "files", "progress",
 )
 
 

@@ -9,23 +9,23 @@ block's tokens after the final LayerNorm, with the CLS (and register) tokens dro
     attn = backbone.attention(img)                    # (B, 3, 224, 224) -> (B, 6, 28, 28)
 
 Backbones are looked up by name in a registry (`list_backbones()`); `register_backbone` adds one, ViT or not,
-behind the same `Backbone` interface.
+behind the same `Backbone` interface. Their weight files are downloaded and loaded by `checkpoints`.
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stego_lite.env import weights_dir
+# DOWNLOAD_TIMEOUT_S, cached_download and state_mismatch moved to `checkpoints` and stay importable here
+from stego_lite.checkpoints import (  # noqa: F401
+    DOWNLOAD_TIMEOUT_S, cached_download, download_weights, load_strict, read_state_dict, state_mismatch,
+)
 
 _DINO_URL = "https://dl.fbaipublicfiles.com/dino"
 _DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2"
@@ -42,7 +42,6 @@ WEIGHTS: dict[str, str] = {
     "dinov2_vits14_reg": f"{_DINOV2_URL}/dinov2_vits14/dinov2_vits14_reg4_pretrain.pth",
     "dinov2_vitb14_reg": f"{_DINOV2_URL}/dinov2_vitb14/dinov2_vitb14_reg4_pretrain.pth",
 }
-DOWNLOAD_TIMEOUT_S = 10.0  # a download stalled this long fails (a refused or unresolvable one fails at once)
 INTERPOLATE_OFFSET = 0.1   # DINO's position interpolation offset, see VisionTransformer.pos_embed_for
 
 
@@ -356,111 +355,24 @@ def load_backbone(name: str, weights: str | os.PathLike | None = "official", *,
     elif weights is None:
         state, source = None, "random (untrained)"
     elif weights == "official":  # fetched before the model is built, so that offline errors come at once
-        state, source = _download(name, url, cache_dir, progress), url
+        state, source = download_weights(name, url, cache_dir, progress), url
     else:
         path = Path(weights).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"no weights file at {path}; pass weights='official' to download "
                                     f"{name!r}, or the path of a .pth file holding its state dict")
-        state, source = _read_checkpoint(path), str(path)
+        state, source = read_state_dict(path), str(path)
     if state is None:
         model = _REGISTRY[name]()
     else:  # every tensor comes from the file: build on the meta device and skip a random initialisation
         with torch.device("meta"):
             model = _REGISTRY[name]()
-        _load_strict(model, state, source)
+        load_strict(model, state, source)
     model.weights = source
     return model.requires_grad_(False).eval()
 
 
-def _download(name: str, url: str, cache_dir: str | os.PathLike | None, progress: bool) -> dict:
-    """The official state dict through torch.hub's cache: downloaded once, read from the cache afterwards."""
-    path = cached_download(url, cache_dir=cache_dir, progress=progress, what=f"the {name!r} weights",
-                           retry=f"load_backbone({name!r})", alternative="pass weights='/path/to/{file}'")
-    return _read_checkpoint(path)
-
-
-def cached_download(url: str, *, cache_dir: str | os.PathLike | None, progress: bool, what: str, retry: str,
-                    alternative: str) -> Path:
-    """The file at `url` in torch.hub's checkpoint folder (`cache_dir` replaces it), named after the URL's
-    last part as torch.hub names it: downloaded once, atomically (torch.hub writes a temporary file, then
-    renames it), then read from there.
-
-    Offline, a ConnectionError names `what`, the URL and where to place the file by hand, after which
-    `retry` reads it without the network (or `alternative`, where "{file}" stands for the file name).
-    """
-    folder = Path(cache_dir).expanduser() if cache_dir is not None else weights_dir()
-    file_name = Path(urlparse(url).path).name
-    path = folder / file_name
-    if path.is_file():
-        return path
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with _socket_timeout(DOWNLOAD_TIMEOUT_S):
-            torch.hub.download_url_to_file(url, str(path), progress=progress)
-    except Exception as err:
-        raise ConnectionError(
-            f"could not download {what} from {url} ({type(err).__name__}: {err}).\n"
-            f"Offline? Fetch that URL elsewhere and place the file, named {file_name!r}, at\n    {path}\n"
-            f"{retry} then reads it from there without the network "
-            f"(or {alternative.format(file=file_name)}).") from err
-    return path
-
-
-@contextlib.contextmanager
-def _socket_timeout(seconds: float) -> Iterator[None]:
-    """Give new sockets a timeout, process-wide while the block runs (torch.hub's download sets none, so a
-    server that accepts but never answers would hang it forever)."""
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
-def _read_checkpoint(path: Path) -> dict:
-    """A local state dict on the CPU; a truncated or foreign file raises a ValueError naming it."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise _unreadable(path, err) from err
-
-
-def _unreadable(path: Path, err: Exception) -> ValueError:
-    return ValueError(
-        f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {str(err).splitlines()[0]}). "
-        "An interrupted download leaves a truncated file: delete it and load again.")
-
-
-def _load_strict(model: Backbone, state: object, source: str) -> None:
-    """load_state_dict(strict=True), but one error lists every missing, unexpected and wrongly shaped key."""
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{source} holds a {type(state).__name__}, not a flat state dict of tensors; "
-                         f"training checkpoints keep it under a key such as 'teacher' or 'state_dict'")
-    expected = model.state_dict()
-    missing, unexpected, wrong_shape = state_mismatch(expected, state)
-    if missing or unexpected or wrong_shape:
-        raise ValueError(
-            f"{source} does not fit {model.name!r} (is it the file of another backbone?)\n"
-            f"  missing keys: {_shorten(missing)}\n  unexpected keys: {_shorten(unexpected)}\n"
-            f"  wrongly shaped: {_shorten(wrong_shape)}")
-    state = {k: state[k].to(v.dtype) for k, v in expected.items()}  # keep our dtypes whatever the file's
-    model.load_state_dict(state, strict=True, assign=True)  # assign: takes the tensors, for meta-built models
-    left = [k for k, v in [*model.named_parameters(), *model.named_buffers()] if v.is_meta]
-    assert not left, f"{model.name}: tensors not in its state dict stay unset after loading: {left}"
-
-
-def state_mismatch(expected: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> tuple[list[str], ...]:
-    """How `state` fails to fit `expected` (a module's state dict): sorted missing keys, sorted unexpected
-    keys, and "key: file (shape), model (shape)" for each wrongly shaped one. All empty: it fits."""
-    missing = sorted(expected.keys() - state.keys())
-    unexpected = sorted(state.keys() - expected.keys())
-    wrong_shape = [f"{k}: file {tuple(state[k].shape)}, model {tuple(v.shape)}"
-                   for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    return missing, unexpected, wrong_shape
-
-
-def _shorten(items: list[str], limit: int = 8) -> str:
-    more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
-    return (", ".join(items[:limit]) or "none") + more
+def build_backbone(name: str) -> Backbone:
+    """A registered backbone as its factory builds it (random or no weights, not frozen): for callers that
+    load the weights themselves, e.g. on the meta device. KeyError for an unregistered name."""
+    return _REGISTRY[name]()

@@ -36,7 +36,9 @@ class CRFParams:
 STEGO_CRF = CRFParams()
 
 
-def _densecrf():
+def densecrf_module():
+    """pydensecrf's `densecrf` module; an ImportError saying how to install it when it is missing (callers
+    check this up front, before a long run would fail at its first CRF)."""
     try:
         import pydensecrf.densecrf as dcrf
     except ImportError as err:
@@ -51,7 +53,7 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams = STEGO_CR
     `probs` must be probabilities over K classes at the image's resolution (e.g. softmax of the
     probe's logits upsampled to the image); the result is the CRF's marginals, float32.
     """
-    dcrf = _densecrf()
+    dcrf = densecrf_module()
     image, probs = np.asarray(image), np.asarray(probs, dtype=np.float32)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}; "

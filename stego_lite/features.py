@@ -6,14 +6,13 @@
 The cache file's name is a `FeatureKey`: backbone name, patch size, a fingerprint of its weights, the
 dataset's name, split, crop, image resolution, size and a fingerprint of its content. A different
 configuration therefore never reuses a stale file (STEGO's KNN files collide across patch sizes,
-reference §9.10). Files are written to a temporary name and renamed into place (atomic), under a lock,
-so concurrent readers see a whole file or none. The KNN lists (`stego_lite.knn`) use the same key.
+reference §9.10). Files are written by the keyed cache (`stego_lite.cache`: atomic, locked, verified by a
+checksum on reading). The KNN lists (`stego_lite.knn`) use the same key.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import pickle
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +22,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from stego_lite import cache
 from stego_lite.backbone import Backbone
 from stego_lite.env import cache_dir
+from stego_lite.files import save_torch_atomic
+from stego_lite.progress import progress as progress_bar
 
-FORMAT_VERSION = 1   # bump when the file layout or the extraction changes, so old files are not reused
+FORMAT_VERSION = 2   # bump when the file layout or the extraction changes, so old files are not reused
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class FeatureKey:
     crop: str           # "center" | "random" | "none" | "five" (five-crop folders) | "unknown"
     res: str            # image size fed to the backbone, "HxW"
     n_images: int
-    content: str        # fingerprint of the dataset's folder and first and last images
+    content: str        # fingerprint of the first and last images (not the folder: data may move)
 
     @property
     def name(self) -> str:
@@ -89,7 +91,6 @@ def feature_key(backbone: Backbone, dataset: Dataset) -> FeatureKey:
         base, split_suffix = dataset.dataset, "-subset"
         content.update(repr(list(dataset.indices)).encode())
     first, last = dataset[0]["image"], dataset[n - 1]["image"]
-    content.update(str(getattr(base, "folder", "")).encode())
     for image in (first, last):
         content.update(image.contiguous().numpy().tobytes())
     H, W = first.shape[-2:]
@@ -109,11 +110,7 @@ def batches(backbone: Backbone, dataset: Dataset, *, batch_size: int = 64,
         param = next(backbone.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    if progress:
-        from tqdm.auto import tqdm
-
-        loader = tqdm(loader, desc=f"{backbone.name} features", unit="batch")
-    for item in loader:
+    for item in progress_bar(loader, enabled=progress, desc=f"{backbone.name} features", unit="batch"):
         yield backbone.features(item["image"].to(device)).cpu(), item["label"]
 
 
@@ -161,35 +158,8 @@ def _compact_labels(labels: Tensor) -> Tensor:
 
 
 def load_or_compute(path: Path, key: FeatureKey, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Read the dict of tensors cached at `path` for `key`, or compute, write (atomically) and return it."""
-    from stego_lite.data.files import folder_lock
-
-    data = _read(path, key)
-    if data is not None:
-        return data
-    with folder_lock(path.parent):
-        data = _read(path, key)   # another process may have written it meanwhile
-        if data is not None:
-            return data
-        data = compute()
-        save_atomic({**data, "key": dataclasses.asdict(key), "format": FORMAT_VERSION}, path)
-    return data
+    """The dict of tensors cached at `path` for `key` (memory-mapped), or computed and stored once."""
+    return cache.load_or_compute(path, dataclasses.asdict(key), compute, version=FORMAT_VERSION, mmap=True)
 
 
-def _read(path: Path, key: FeatureKey) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        data = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):  # damaged: recompute
-        return None
-    if data.get("key") != dataclasses.asdict(key) or data.get("format") != FORMAT_VERSION:
-        return None
-    return data
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file beside `path`, then rename: readers see the whole file or none."""
-    from stego_lite.data.files import write_atomic
-
-    write_atomic(path, lambda tmp: torch.save(obj, tmp))
+save_atomic = save_torch_atomic   # the name earlier chapters and tests import

@@ -25,9 +25,11 @@ import torch
 from PIL import Image
 
 from stego_lite.data import SegTransform, pascal_palette, read_rgb
-from stego_lite.data.files import write_atomic
-from stego_lite.evaluate import ModelFileError, StegoModel, crf_refine, load_model
+from stego_lite.evaluate import crf_refine
+from stego_lite.files import write_atomic
 from stego_lite.metrics import relabel
+from stego_lite.model import ModelFileError, StegoModel, load_model
+from stego_lite.progress import progress as progress_bar
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
@@ -188,13 +190,11 @@ def segment_folder(folder: str | os.PathLike, model: StegoModel, out: str | os.P
 
     Returns (written paths, [(file, error message)]).
     """
-    from tqdm.auto import tqdm
-
     if kwargs.get("assignment") is not None:  # checked once here: a bad one is not a per-image problem
         kwargs["assignment"] = check_assignment(kwargs["assignment"], model.n_classes,
                                                 model.cluster_probe.clusters.shape[0])
     written, failed = [], []
-    for path in tqdm(list_images(folder), desc="segment", unit="image", disable=not progress):
+    for path in progress_bar(list_images(folder), enabled=progress, desc="segment", unit="image"):
         try:
             results = segment(path, model, **kwargs)
         except (OSError, ValueError) as err:

@@ -21,7 +21,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-IGNORE_INDEX = -1
+from stego_lite.data.base import IGNORE_INDEX
 
 
 def confusion_matrix(pred: Tensor, target: Tensor, n_classes: int, n_pred: int | None = None) -> Tensor:

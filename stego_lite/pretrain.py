@@ -28,8 +28,6 @@ backbone then has exactly `dino_vits8`'s layout, so
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -279,14 +277,9 @@ def dino_history(images: Tensor, config: DinoConfig, *, steps: int, seed: int = 
                  device: str | torch.device = "cpu", threads: int | None = None) -> list[dict[str, float]]:
     """`train_dino`'s per-step diagnostics, cached on disk under the cache folder: computed on the first call,
     read back afterwards. The key covers the images, the config, steps and seed (not device or threads)."""
-    digest = hashlib.sha256(images.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(json.dumps({"config": asdict(config), "steps": steps, "seed": seed, "version": 1},
-                             sort_keys=True).encode())
-    path = cache_dir() / "dino_runs" / f"{digest.hexdigest()[:20]}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    _, history = train_dino(images, config, steps=steps, seed=seed, device=device, threads=threads)
-    from stego_lite.data.files import write_atomic
+    from stego_lite import cache
 
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(history)))  # a reader never sees half a file
-    return history
+    spec = {"images": cache.checksum(images), "config": asdict(config), "steps": steps, "seed": seed}
+    path = cache.keyed_path(cache_dir() / "dino_runs", "history", spec)
+    return cache.load_or_compute(path, spec, lambda: train_dino(images, config, steps=steps, seed=seed,
+                                                                 device=device, threads=threads)[1], version=1)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-IGNORE_INDEX = -1
+from stego_lite.data.base import IGNORE_INDEX
 
 
 class ClusterProbe(nn.Module):

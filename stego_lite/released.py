@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from stego_lite import backbone as bb
+from stego_lite.checkpoints import cached_download, shorten, state_mismatch, unreadable
 from stego_lite.head import SegmentationHead
 from stego_lite.probes import ClusterProbe, LinearProbe
 
@@ -279,9 +280,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     except pickle.UnpicklingError as err:
         if "refusing to unpickle" in str(err):
             raise pickle.UnpicklingError(f"{path}: {err}") from err
-        raise bb._unreadable(path, err) from err
+        raise unreadable(path, err) from err
     except Exception as err:
-        raise bb._unreadable(path, err) from err
+        raise unreadable(path, err) from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         keys = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path} is not a Lightning checkpoint of STEGO: it needs 'state_dict' and "
@@ -304,9 +305,9 @@ def download_released(name: str, *, cache_dir: str | os.PathLike | None = None,
     downloaded once, atomically (torch.hub writes a temporary file, then renames it), then read from there."""
     if name not in RELEASED:
         raise ValueError(f"unknown released STEGO model {name!r}; choose one of {sorted(RELEASED)}")
-    return bb.cached_download(RELEASED[name], cache_dir=cache_dir, progress=progress,
-                              what=f"the released STEGO model {name!r}", retry=f"load_released({name!r})",
-                              alternative="pass its path: load_released('/path/to/{file}')")
+    return cached_download(RELEASED[name], cache_dir=cache_dir, progress=progress,
+                           what=f"the released STEGO model {name!r}", retry=f"load_released({name!r})",
+                           alternative="pass its path: load_released('/path/to/{file}')")
 
 
 def backbone_name(cfg: dict) -> str:
@@ -366,7 +367,7 @@ def _build_parts(cfg: dict, n_classes: int, source: str) -> dict[str, nn.Module]
         raise ValueError(f"{source}: cfg['dim'] and cfg['extra_clusters'] must be ints, got {dim!r} and "
                          f"{extra!r}")
     with torch.device("meta"):
-        backbone = bb._REGISTRY[name]()
+        backbone = bb.build_backbone(name)
         dropout = 0.1 if cfg.get("dropout", True) else 0.0  # STEGO's Dropout2d(0.1) when cfg.dropout
         head = SegmentationHead(backbone.embed_dim, dim, kind=kind, dropout=dropout)
         return {"backbone": backbone, "head": head, "cluster_probe": ClusterProbe(dim, n_classes + extra),
@@ -386,14 +387,14 @@ def _load_parts(parts: dict[str, nn.Module], state: dict[str, Tensor], source: s
     expected = {checkpoint_key(part, k): (part, k, v) for part, module in parts.items()
                 for k, v in module.state_dict().items()}
     used = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}
-    missing, unexpected, wrong_shape = bb.state_mismatch({k: v for k, (_, _, v) in expected.items()}, used)
+    missing, unexpected, wrong_shape = state_mismatch({k: v for k, (_, _, v) in expected.items()}, used)
     if missing or unexpected or wrong_shape:
         raise ValueError(
             f"{source} does not fit the STEGO model its config describes ({parts['backbone'].name}, head "
             f"{parts['head'].in_dim} -> {parts['head'].code_dim}, {len(parts['cluster_probe'].clusters)} "
             f"clusters, {parts['linear_probe'].linear.out_channels} classes)\n"
-            f"  missing keys: {bb._shorten(missing)}\n  unexpected keys: {bb._shorten(unexpected)}\n"
-            f"  wrongly shaped: {bb._shorten(wrong_shape)}")
+            f"  missing keys: {shorten(missing)}\n  unexpected keys: {shorten(unexpected)}\n"
+            f"  wrongly shaped: {shorten(wrong_shape)}")
     for part, module in parts.items():
         own = {k: state[ckpt].to(v.dtype) for ckpt, (p, k, v) in expected.items() if p == part}
         module.load_state_dict(own, strict=True, assign=True)  # assign: takes the tensors of the meta modules

@@ -32,9 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from stego_lite.backbone import Backbone
+from stego_lite.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 _BINOMIAL = (1.0, 4.0, 6.0, 4.0, 1.0)  # blur before halving the resolution (Burt & Adelson's pyramid)
 
 
@@ -78,8 +77,8 @@ class TextureBank(Backbone):
         self.register_buffer("gabor", gabor_kernels(config.wavelengths, O, config.sigma_ratio),
                              persistent=False)  # (2 * S * O, 1, k, k): fixed, so not in the state dict
         self.register_buffer("blur", torch.tensor(_BINOMIAL) / sum(_BINOMIAL), persistent=False)
-        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, img: Tensor) -> Tensor:
         B = img.shape[0]

@@ -236,7 +236,7 @@ def test_sweep_table_has_the_expected_rows_and_is_read_back_from_the_cache(tmp_p
     assert table[["accuracy", "miou"]].stack().between(0, 100).all()
 
     # a second call reads the heads and the table back, computing nothing
-    monkeypatch.setattr(A, "train_heads", lambda *a, **k: pytest.fail("heads retrained"))
+    monkeypatch.setattr("stego_lite.train_heads.train_heads", lambda *a, **k: pytest.fail("heads retrained"))
     monkeypatch.setattr(A, "fit_probes", lambda *a, **k: pytest.fail("probes refitted"))
     again = A.dimension_sweep(cfg, data, {s: A.sweep_heads(cfg, source, s) for s in cfg.seeds})
     assert again.equals(table)
@@ -281,7 +281,7 @@ def test_sweep_config_per_profile() -> None:
     offline = A.SweepConfig.for_profile("offline", seeds=(5, 6, 7))
     assert offline.seeds == (5, 6, 7) and len(offline.dims) >= 5 and max(offline.dims) < 254
     assert offline.head_config(6).seed == 6
-    with pytest.raises(ValueError, match="no sweep settings"):
+    with pytest.raises(ValueError, match="unknown profile 'laptop'"):
         A.SweepConfig.for_profile("laptop")
     with pytest.raises(ValueError, match="convergence_dims"):
         A.SweepConfig.for_profile("offline", convergence_dims=(5,))

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from stego_lite import backbone as bb
+from stego_lite import checkpoints
 from stego_lite.backbone import (
     Attention,
     Backbone,
@@ -370,7 +371,7 @@ def test_unreachable_url_names_url_cache_path_and_file(monkeypatch, tmp_path):
 
 def test_silent_server_times_out(monkeypatch, tmp_path):
     """A server that accepts the connection but never answers: torch.hub alone would wait forever."""
-    monkeypatch.setattr(bb, "DOWNLOAD_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(checkpoints, "DOWNLOAD_TIMEOUT_S", 0.5)
     default_timeout = socket.getdefaulttimeout()
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))

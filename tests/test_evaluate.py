@@ -146,8 +146,8 @@ def test_evaluate_run_is_computed_once_per_run_data_and_options(tmp_path, monkey
     E.evaluate_run(model, result, data, flip_tta=True, progress=False)
     E.evaluate_run(model, result._replace(history=[{"step": 1}, {"step": 2}]), data, flip_tta=False,
                    progress=False)
-    assert len(calls) == 3 and len(list(tmp_path.glob("eval-*.json"))) == 3
-    for path in tmp_path.glob("eval-*.json"):
-        path.write_text("{ damaged")
+    assert len(calls) == 3 and len(list(tmp_path.glob("eval-*.pt"))) == 3
+    for path in tmp_path.glob("eval-*.pt"):
+        path.write_bytes(b"{ damaged")
     E.evaluate_run(model, result, data, flip_tta=False, progress=False)
     assert len(calls) == 4, "a damaged file is recomputed"

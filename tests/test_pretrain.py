@@ -4,7 +4,6 @@ training step's bookkeeping and the on-disk cache of a run. CPU only, tiny model
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import replace
 
@@ -163,8 +162,8 @@ def test_dino_history_is_computed_once_then_read_from_the_cache(monkeypatch, tmp
     monkeypatch.setenv("STEGO_LITE_CACHE", str(tmp_path))
     images = torch.randn(6, 3, 32, 32)
     first = dino_history(images, TINY, steps=2, seed=0)
-    files = list((tmp_path / "dino_runs").glob("*.json"))
-    assert len(files) == 1 and json.loads(files[0].read_text()) == first
+    files = list((tmp_path / "dino_runs").glob("history-*.pt"))
+    assert len(files) == 1 and torch.load(files[0], weights_only=True)["value"] == first
 
     def no_training(*args, **kwargs):
         raise AssertionError("the cached run should have been read, not recomputed")

@@ -12,8 +12,9 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from ..env import data_dir
+from ..files import folder_lock, staging_dir
+from ..progress import progress as progress_bar
 from .base import STEGO_ZIP_URL
-from .files import folder_lock, staging_dir
 
 PREPARED_ZIPS = {name: STEGO_ZIP_URL.format(name=name)
                  for name in ("cocostuff", "cityscapes", "potsdam", "potsdamraw")}
@@ -24,8 +25,6 @@ class DownloadError(RuntimeError):
 
 
 def _fetch(url: str, dest: Path, timeout: float, progress: bool) -> None:
-    from tqdm.auto import tqdm
-
     try:
         response = urllib.request.urlopen(url, timeout=timeout)
     except OSError as err:
@@ -34,7 +33,7 @@ def _fetch(url: str, dest: Path, timeout: float, progress: bool) -> None:
     with response, open(dest, "wb") as f:
         expected = response.headers.get("Content-Length")
         expected = int(expected) if expected is not None else None
-        bar = tqdm(total=expected, unit="B", unit_scale=True, desc=Path(url).name, disable=not progress)
+        bar = progress_bar(enabled=progress, total=expected, unit="B", unit_scale=True, desc=Path(url).name)
         received = 0
         try:
             while chunk := response.read(1 << 20):

@@ -1,21 +1,18 @@
-"""Reading images and label maps, and writing folders so that a reader never sees half of one.
+"""Reading images and label maps: every unreadable file is an error that names it, never a silent skip.
 
-Writers build a folder under a temporary name beside its destination and rename it into place when
-it is complete; a JSON manifest written last (by `write_json_atomic`) marks a split as finished.
+The atomic writers and locks that datasets use to build their folders are in `stego_lite.files`
+(re-exported here).
 """
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from stego_lite.files import (  # noqa: F401  (re-exported: the writers datasets use)
+    folder_lock, read_json, replace_tree, staging_dir, write_atomic, write_json_atomic,
+)
 
 
 def _open(path: Path, what: str, advice_end: str) -> Image.Image:
@@ -69,70 +66,3 @@ def apply_lut(raw: np.ndarray, lut: np.ndarray) -> np.ndarray:
     inside = (raw >= 0) & (raw < len(lut))
     out[inside] = lut[raw[inside]]
     return out
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
-    """Create `path` by `write(tmp)` on a temporary file beside it, then a rename: readers see the whole
-    file or none, and a failed write leaves nothing behind. Every writer of caches and outputs uses it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to `path` through a temporary file and a rename, so readers see all of it or nothing."""
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A manifest's content, or None if it is missing or unreadable (then its split is rebuilt)."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-@contextlib.contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `folder/.lock` (POSIX flock; no-op where fcntl is missing)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:   # Windows: writers are not expected to race there
-        yield
-        return
-    with open(folder / ".lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def staging_dir(parent: Path, prefix: str) -> Iterator[Path]:
-    """A temporary folder inside `parent` (same file system, so renames out of it are atomic).
-
-    It is removed on exit, whatever is left in it: move the finished parts out before leaving.
-    """
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{prefix}-", dir=parent))
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def replace_tree(src: Path, dst: Path) -> None:
-    """Move folder `src` to `dst`, replacing what was there (dst's old content is deleted first)."""
-    if dst.exists():
-        shutil.rmtree(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(src, dst)

@@ -15,8 +15,9 @@ import numpy as np
 from PIL import Image
 
 from ..env import data_dir
+from ..files import folder_lock, read_json, replace_tree, staging_dir, write_json_atomic
+from ..progress import progress as progress_bar
 from .base import SegDataset
-from .files import folder_lock, read_json, replace_tree, staging_dir, write_json_atomic
 
 
 def five_crop_boxes(height: int, width: int, crop_ratio: float = 0.5) -> list[tuple[int, int, int, int]]:
@@ -99,9 +100,7 @@ def five_crop(source: str | SegDataset, split: str = "train", *, root: str | Pat
 
 
 def _run(jobs: list, source: SegDataset, workers: int, progress: bool) -> None:
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(jobs), desc="five-crop", unit="chunk", disable=not progress)
+    bar = progress_bar(enabled=progress, total=len(jobs), desc="five-crop", unit="chunk")
     if workers:
         from concurrent.futures import ProcessPoolExecutor
 

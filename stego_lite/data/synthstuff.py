@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from ..env import cache_dir
-from .files import folder_lock, read_json, replace_tree, staging_dir, write_json_atomic
+from ..files import folder_lock, read_json, replace_tree, staging_dir, write_json_atomic
 from .scenes import CLASSES, PALETTE, STUFF_CLASSES, THING_CLASSES, render_scene
 from .stego_sets import ImageFolder
 from .transforms import SegTransform
