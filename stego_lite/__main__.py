@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
 def _train_parser(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train STEGO's head with a preset's backbone, data and loss")
     train.add_argument("--preset", required=True,
-                       help="a name from stego_lite.loss.PRESETS: synthstuff (offline), cocostuff27, "
+                       help="a name from stego_lite.profiles.PRESETS: synthstuff (offline), cocostuff27, "
                             "cityscapes, potsdam")
     train.add_argument("--steps", type=int, help="iterations (default: the preset's)")
     train.add_argument("--batch-size", type=int, help="default: the preset's")
@@ -57,8 +57,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--source", choices=["cache", "images"],
                        help="train from cached frozen features or run the backbone on images every step "
-                            "(default: cache for synthstuff, images for the real datasets)")
-    train.add_argument("--weights", default="official", help="backbone weights: 'official' or a file path")
+                            "(default: the preset's; cache for synthstuff, images for the real datasets)")
+    train.add_argument("--weights", help="backbone weights: 'official' or a file path (default: the preset's)")
     train.add_argument("--run-dir", help="checkpoint folder; an existing checkpoint there is resumed "
                                          "(default: $STEGO_LITE_CACHE/runs/<config hash>)")
     train.add_argument("--checkpoint-every", type=int, default=100, help="iterations between checkpoints")
@@ -107,27 +107,26 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from stego_lite import env, knn, train
+    import dataclasses
+
+    from stego_lite import env, train
     from stego_lite.backbone import load_backbone
-    from stego_lite.loss import get_preset
+    from stego_lite.profiles import get_preset
 
     try:
         preset = get_preset(args.preset)
     except ValueError as err:
         raise SystemExit(f"python -m stego_lite train: {err}") from None
+    if args.source is not None:   # the preset's choice unless asked otherwise
+        preset = dataclasses.replace(preset, cache_features=args.source == "cache")
     given = {"steps": args.steps, "batch_size": args.batch_size, "dim": args.dim}
-    config = train.TrainConfig.from_preset(args.preset, head_kind=args.head, seed=args.seed,
-                                           **{k: v for k, v in given.items() if v is not None})
+    config = preset.train_config(head_kind=args.head, seed=args.seed,
+                                 **{k: v for k, v in given.items() if v is not None})
     device = args.device or env.default_device()
-    backbone = load_backbone(preset.backbone, weights=args.weights).to(device)
+    backbone = load_backbone(preset.backbone, weights=args.weights or preset.weights).to(device)
     dataset = train.training_set(args.preset)
-    source_kind = args.source or ("cache" if args.preset == "synthstuff" else "images")
     progress = not args.no_progress
-    if source_kind == "cache":
-        source = train.FeatureSource.from_cache(backbone, dataset, device=device, progress=progress)
-    else:
-        nns = knn.nearest_neighbors(backbone, dataset, device=device, progress=progress)
-        source = train.ImageSource(backbone, dataset, nns)
+    source = preset.training_source(backbone, dataset, device=device, progress=progress)
     options = {"checkpoint_every": args.checkpoint_every, "device": device, "progress": progress}
     if args.probes:  # head and STEGO's two probes, in the run folder that evaluate.train_model reads back
         from stego_lite.evaluate import train_model
@@ -141,18 +140,16 @@ def _train(args: argparse.Namespace) -> None:
           f"(self {last.get('self', float('nan')):.4f}, knn {last.get('knn', float('nan')):.4f}, "
           f"random {last.get('random', float('nan')):.4f}); checkpoint and history in {result.run_dir}")
     if args.probes:
-        _save_trained_model(args.preset, model, dataset, result.run_dir)
+        _save_trained_model(preset, model, dataset, result.run_dir)
 
 
-def _save_trained_model(preset: str, model, dataset, run_dir: Path) -> None:
+def _save_trained_model(preset, model, dataset, run_dir: Path) -> None:
     import dataclasses
 
     from stego_lite.evaluate import save_model
-    from stego_lite.loss import get_preset
 
-    # SynthStuff is segmented at its own size; STEGO evaluates the real datasets at 320 px
-    res = get_preset(preset).res if preset == "synthstuff" else 320
-    model = dataclasses.replace(model, palette=getattr(dataset, "palette", None), res=res)
+    # segmented at the preset's evaluation size (SynthStuff: its own size; STEGO's datasets: 320 px)
+    model = dataclasses.replace(model, palette=getattr(dataset, "palette", None), res=preset.eval_res)
     path = save_model(model, run_dir / "model.pt")
     print(f"model (backbone {model.backbone.name}, head, cluster and linear probes) in {path}\n"
           f"segment a folder with: python -m stego_lite segment --checkpoint {path} --images DIR --out DIR")
@@ -185,10 +182,10 @@ def _segment(args: argparse.Namespace) -> int:
     if not files:
         return _fail(f"no images in {images} (looked for {', '.join(inference.IMAGE_SUFFIXES)})")
     if args.crf:
-        from stego_lite.crf import _densecrf
+        from stego_lite.crf import densecrf_module
 
         try:
-            _densecrf()
+            densecrf_module()
         except ImportError as err:
             return _fail(f"--crf: {err}")
     try:
@@ -209,37 +206,45 @@ def _segment(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "train":
-        _train(args)
-        return 0
-    if args.command == "segment":
-        return _segment(args)
+def _five_crop(args: argparse.Namespace) -> int:
     from stego_lite import data   # imported here so that --help stays fast
 
-    if args.command == "five-crop":
-        for split in args.split:
-            folder = data.five_crop(args.dataset, split, root=args.root, out_root=args.out_root,
-                                    crop_ratio=args.crop_ratio, workers=args.workers,
-                                    overwrite=args.overwrite, progress=True)
-            print(f"{args.dataset} {split}: {folder}")
-    elif args.command == "download":
-        print(data.download_prepared(args.name, args.root, url=args.url, progress=True))
-    elif args.command == "synthstuff":
-        import dataclasses
-
-        given = {"image_size": args.image_size, "n_train": args.n_train, "n_val": args.n_val,
-                 "seed": args.seed}
-        config = dataclasses.replace(data.SYNTHSTUFF_OFFLINE,
-                                     **{k: v for k, v in given.items() if v is not None})
-        for split in ("train", "val"):
-            start = time.perf_counter()
-            n = config.n_images(split)
-            folder = data.generate_synthstuff(args.root, split, n_images=n, image_size=config.image_size,
-                                              seed=config.seed, workers=args.workers)
-            print(f"{split}: {n} images in {folder} ({time.perf_counter() - start:.1f} s)")
+    for split in args.split:
+        folder = data.five_crop(args.dataset, split, root=args.root, out_root=args.out_root,
+                                crop_ratio=args.crop_ratio, workers=args.workers,
+                                overwrite=args.overwrite, progress=True)
+        print(f"{args.dataset} {split}: {folder}")
     return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    from stego_lite import data
+
+    print(data.download_prepared(args.name, args.root, url=args.url, progress=True))
+    return 0
+
+
+def _synthstuff(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from stego_lite import data
+
+    given = {"image_size": args.image_size, "n_train": args.n_train, "n_val": args.n_val, "seed": args.seed}
+    config = dataclasses.replace(data.SYNTHSTUFF_OFFLINE, **{k: v for k, v in given.items() if v is not None})
+    for split in ("train", "val"):
+        start = time.perf_counter()
+        n = config.n_images(split)
+        folder = data.generate_synthstuff(args.root, split, n_images=n, image_size=config.image_size,
+                                          seed=config.seed, workers=args.workers)
+        print(f"{split}: {n} images in {folder} ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    commands = {"train": _train, "segment": _segment, "five-crop": _five_crop, "download": _download,
+                "synthstuff": _synthstuff}
+    return commands[args.command](args) or 0
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ of the uncentred F is added back (STEGO's code does this; it acts as a shift of 
 
 `stego_loss` samples 11 x 11 random points per image and combines three such terms: an image with itself
 ("self"), with one of its nearest neighbours ("knn"), and with 5 random other images of the batch
-("random"), each with its weight and shift. `PRESETS` holds the released settings per dataset.
+("random"), each with its weight and shift. The settings per dataset are presets (`stego_lite.profiles.PRESETS`).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -77,9 +77,14 @@ def _code_loss(feat_corr: Tensor, code_a: Tensor, code_b: Tensor, shift: float, 
                zero_clamp: bool) -> tuple[Tensor, Tensor]:
     """`correlation_loss` for an already computed F (B, h, w, h, w): -> (loss, S)."""
     code_corr = correlation(code_a, code_b)  # (B, h, w, h, w)
+    return pair_term(code_corr, feat_corr, shift, zero_clamp=zero_clamp).mean(), code_corr
+
+
+def pair_term(code_corr: Tensor, feat_corr: Tensor | float, shift: float, *, zero_clamp: bool = True) -> Tensor:
+    """The loss of each pair, -(F - shift) * clamp(S, min=0), elementwise (S clamped at -9999 instead
+    without `zero_clamp`): pairs whose features agree more than `shift` pull their codes together."""
     low = 0.0 if zero_clamp else NO_CLAMP
-    loss = -(code_corr.clamp(min=low) * (feat_corr - shift)).mean()
-    return loss, code_corr
+    return -(code_corr.clamp(min=low) * (feat_corr - shift))
 
 
 def random_coords(batch: int, n_points: int, *, generator: torch.Generator | None = None,
@@ -232,59 +237,10 @@ def same_label(label_a: Tensor, label_b: Tensor) -> Tensor:
     return out.masked_fill((a < 0) | (b < 0), -1)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Presets: one named setting per dataset (loss and training sizes together)
+def __getattr__(name: str):
+    # Presets (backbone, data, sizes and loss per dataset) moved to stego_lite.profiles; kept importable here.
+    if name in ("Preset", "PRESETS", "get_preset"):
+        from stego_lite import profiles
 
-
-@dataclass(frozen=True)
-class Preset:
-    """A dataset's training setting: backbone, code size, batch, iterations, crops and the loss."""
-
-    backbone: str            # a name from stego_lite.backbone.list_backbones()
-    dim: int                 # D, the code dimension
-    batch_size: int
-    steps: int               # optimiser iterations (counted honestly, reference §9.11)
-    res: int                 # training images are res x res
-    five_crop: bool          # train on five crops of each image (reference §4.5)
-    loss: LossConfig = field(default_factory=LossConfig)
-    lr: float = 5e-4         # Adam's learning rate for the head (STEGO: 5e-4 for every dataset)
-    source: str = ""         # where the numbers come from
-
-
-PRESETS: dict[str, Preset] = {
-    # The released checkpoints' hyperparameters (reference §3.5 and §6, Koenig et al.'s README).
-    "cocostuff27": Preset(
-        "dino_vitb8", dim=90, batch_size=32, steps=7000, res=224, five_crop=True,
-        loss=LossConfig(self_weight=0.1, knn_weight=1.0, random_weight=0.1538476246415498,
-                        self_shift=0.12, knn_shift=0.2, random_shift=1.0, pointwise=True),
-        source="released COCO-Stuff-27 ViT-B/8 checkpoint (cocostuff27_vit_base_5.ckpt)"),
-    "cityscapes": Preset(
-        "dino_vitb8", dim=100, batch_size=32, steps=7000, res=224, five_crop=True,
-        loss=LossConfig(self_weight=1.0, knn_weight=0.577453483136995, random_weight=0.9058762625226623,
-                        self_shift=0.45828472207, knn_shift=0.1754346515479633,
-                        random_shift=0.31361241889448443, pointwise=False),
-        source="released Cityscapes ViT-B/8 checkpoint (cityscapes_vit_base_1.ckpt)"),
-    "potsdam": Preset(
-        "dino_vits8", dim=70, batch_size=16, steps=5000, res=224, five_crop=False,
-        loss=LossConfig(self_weight=0.67, knn_weight=0.25, random_weight=0.63,
-                        self_shift=0.08, knn_shift=0.02, random_shift=0.76, pointwise=True),
-        source="released Potsdam-3 ViT-S/8 checkpoint (potsdam_test.ckpt)"),
-    # The offline profile (texture_bank features of 96-px SynthStuff, 8 classes), tuned on the CPU budget of
-    # the book: shifts between the different-label and same-label medians of F (pointwise F medians: self
-    # 0.49 vs 0.74, knn 0.50 vs 0.66, random 0.43 vs 0.54), STEGO's default weights, D = 16, and a 4x larger
-    # learning rate for 300 instead of 5,000 iterations. k-means (K = 8) + Hungarian on the validation codes:
-    # 32.8 mIoU (3 seeds) vs 26.3 on the raw 254-d features; with STEGO's default shifts the code collapses.
-    "synthstuff": Preset(
-        "texture_bank", dim=16, batch_size=16, steps=300, res=96, five_crop=False,
-        loss=LossConfig(self_weight=0.67, knn_weight=0.25, random_weight=0.63,
-                        self_shift=0.65, knn_shift=0.6, random_shift=0.7, pointwise=True), lr=2e-3,
-        source="tuned for SynthStuff + texture_bank (S by label agreement; k-means on validation codes)"),
-}
-
-
-def get_preset(name: str) -> Preset:
-    """The named preset; a clear error for anything else."""
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+        return getattr(profiles, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,8 +1,18 @@
-"""The book's two profiles, in one place: which backbone, data and settings each chapter uses.
+"""What differs between settings, in one place: presets (data + training) and profiles (a chapter's setting).
 
-    p = get_profile(profile)                 # profile = "offline" | "paper", from the notebook parameters
-    backbone = load_backbone(p.backbone)
+    p = get_profile(profile)                   # "offline" | "paper", from the notebook parameters
+    backbone = p.load_backbone(device)         # the backbone and its weights source
     train_set, val_set = p.train_set(), p.val_set()
+    source = p.training_source(backbone, device=device)   # cached features or the backbone per batch
+    config = p.train_config(seed=0)            # the preset's loss, D, lr, steps and batch
+    sweep = p.sweep_config(seeds=(0, 1, 2))    # the mechanism chapters' grid and budgets
+
+A `Preset` is a dataset's training setting (STEGO's released hyperparameters, or ours for SynthStuff):
+the backbone, the data (a `DataSpec`: which dataset, at which training and evaluation size, five-crop or
+not), the code size, batch, iterations, learning rate, loss, and whether training reads cached features.
+A `Profile` is what a chapter runs: a preset plus the mechanism sweep's settings and what it needs.
+Callers ask the profile; no module or notebook compares a profile or dataset name. Adding a profile is
+one `register_profile(Profile(...))` call; a new dataset is one `DataSpec` inside its preset.
 
 `offline` runs anywhere on a CPU without network: SynthStuff and the `texture_bank` descriptor standing
 in for DINO. `paper` is STEGO's COCO-Stuff-27 setting: official DINO ViT-B/8 weights and the real data
@@ -11,47 +21,303 @@ in for DINO. `paper` is STEGO's COCO-Stuff-27 setting: official DINO ViT-B/8 wei
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
-from torch.utils.data import Dataset
+from stego_lite.loss import LossConfig
+
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.data import Dataset
+
+    from stego_lite.backbone import Backbone
+    from stego_lite.data import SynthStuffConfig
+    from stego_lite.train import TrainConfig
+
+# ---------------------------------------------------------------------------------------------------------
+# Data: which dataset, at which sizes
+
+
+class DataSpec(Protocol):
+    """A dataset's splits at a profile's sizes."""
+
+    name: str          # the dataset's name, as in feature-cache keys
+    train_res: int     # training images are train_res x train_res (px)
+    eval_res: int      # evaluation centre crops (px)
+    five_crop: bool    # the training split is five crops of each image (reference §4.5)
+
+    def split(self, split: str) -> Dataset: ...
+
+
+@dataclass(frozen=True)
+class SynthStuffData:
+    """SynthStuff, generated on first use; `config` None means `data.SYNTHSTUFF_OFFLINE`, read when used."""
+
+    config: SynthStuffConfig | None = None
+    root: str | None = None      # where the generated folders live (default: under $STEGO_LITE_CACHE)
+    name: str = "synthstuff"
+    five_crop: bool = False
+
+    def resolved(self) -> SynthStuffConfig:
+        from stego_lite import data
+
+        return self.config if self.config is not None else data.SYNTHSTUFF_OFFLINE
+
+    @property
+    def train_res(self) -> int:
+        return self.resolved().image_size
+
+    @property
+    def eval_res(self) -> int:
+        return self.resolved().image_size
+
+    def split(self, split: str) -> Dataset:
+        return self.resolved().dataset(split, root=self.root)
+
+
+@dataclass(frozen=True)
+class StegoData:
+    """One of STEGO's datasets in its on-disk layout under $STEGO_LITE_DATA (stego_lite.data.DATASETS)."""
+
+    name: str                    # "cocostuff27" | "cityscapes" | "potsdam"
+    five_crop: bool = False
+    train_res: int = 224
+    eval_res: int = 320          # STEGO evaluates at 320 px
+    root: str | None = None      # the data root (default: $STEGO_LITE_DATA)
+
+    def split(self, split: str) -> Dataset:
+        from stego_lite import data
+
+        res = self.train_res if split == "train" else self.eval_res
+        transform = data.SegTransform(res)
+        if split == "train" and self.five_crop:
+            return data.FiveCropDataset(self.name, "train", root=self.root, transform=transform)
+        return data.DATASETS[self.name](root=self.root, split=split, transform=transform)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Presets: a dataset's training setting
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A dataset's training setting: backbone, data, code size, batch, iterations and the loss."""
+
+    name: str
+    backbone: str            # a name from stego_lite.backbone.list_backbones()
+    data: DataSpec
+    dim: int                 # D, the code dimension
+    batch_size: int
+    steps: int               # optimiser iterations (counted honestly, reference §9.11)
+    loss: LossConfig = field(default_factory=LossConfig)
+    lr: float = 5e-4         # Adam's learning rate for the head (STEGO: 5e-4 for every dataset)
+    weights: str = "official"   # the backbone's weights source (see backbone.load_backbone)
+    cache_features: bool = False   # train from cached frozen features (small data) or run the backbone
+    source: str = ""         # where the numbers come from
+
+    # the data's name and sizes, read from `data`
+    dataset = property(lambda self: self.data.name)
+    res = property(lambda self: self.data.train_res)
+    eval_res = property(lambda self: self.data.eval_res)
+    five_crop = property(lambda self: self.data.five_crop)
+
+    def train_set(self) -> Dataset:
+        """The training split (generated or read from disk on first use)."""
+        return self.data.split("train")
+
+    def val_set(self) -> Dataset:
+        """The evaluation split."""
+        return self.data.split("val")
+
+    def load_backbone(self, device: torch.device | str | None = None) -> Backbone:
+        """The frozen backbone with this preset's weights, on `device` (default: CPU)."""
+        from stego_lite.backbone import load_backbone
+
+        return load_backbone(self.backbone, weights=self.weights).to(device or "cpu")
+
+    def train_config(self, **overrides: Any) -> TrainConfig:
+        """The training settings (dim, batch, steps, lr, loss), then `overrides` (e.g. seed=1)."""
+        from stego_lite.train import TrainConfig
+
+        base = TrainConfig(loss=self.loss, dim=self.dim, batch_size=self.batch_size, steps=self.steps,
+                           lr=self.lr)
+        return dataclasses.replace(base, **overrides)
+
+    def training_source(self, backbone: Backbone, dataset: Dataset | None = None, *,
+                        device: torch.device | str | None = None, progress: bool = False):
+        """Training batches of `dataset` (default: the training split) with their KNN positives.
+
+        With `cache_features`, every feature map is extracted once and cached with the KNN lists
+        (`sources.FeatureSource`); otherwise only the KNN lists are cached and the backbone runs on every
+        training batch (`sources.ImageSource`), as needed when the features do not fit on disk.
+        """
+        from stego_lite.knn import nearest_neighbors
+        from stego_lite.sources import FeatureSource, ImageSource
+
+        dataset = self.train_set() if dataset is None else dataset
+        if self.cache_features:
+            return FeatureSource.from_cache(backbone, dataset, device=device, progress=progress)
+        nns = nearest_neighbors(backbone, dataset, device=device, progress=progress)
+        return ImageSource(backbone, dataset, nns)
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    # The released checkpoints' hyperparameters (reference §3.5 and §6, Koenig et al.'s README).
+    Preset("cocostuff27", "dino_vitb8", StegoData("cocostuff27", five_crop=True), dim=90, batch_size=32,
+           steps=7000,
+           loss=LossConfig(self_weight=0.1, knn_weight=1.0, random_weight=0.1538476246415498,
+                           self_shift=0.12, knn_shift=0.2, random_shift=1.0, pointwise=True),
+           source="released COCO-Stuff-27 ViT-B/8 checkpoint (cocostuff27_vit_base_5.ckpt)"),
+    Preset("cityscapes", "dino_vitb8", StegoData("cityscapes", five_crop=True), dim=100, batch_size=32,
+           steps=7000,
+           loss=LossConfig(self_weight=1.0, knn_weight=0.577453483136995, random_weight=0.9058762625226623,
+                           self_shift=0.45828472207, knn_shift=0.1754346515479633,
+                           random_shift=0.31361241889448443, pointwise=False),
+           source="released Cityscapes ViT-B/8 checkpoint (cityscapes_vit_base_1.ckpt)"),
+    Preset("potsdam", "dino_vits8", StegoData("potsdam"), dim=70, batch_size=16, steps=5000,
+           loss=LossConfig(self_weight=0.67, knn_weight=0.25, random_weight=0.63,
+                           self_shift=0.08, knn_shift=0.02, random_shift=0.76, pointwise=True),
+           source="released Potsdam-3 ViT-S/8 checkpoint (potsdam_test.ckpt)"),
+    # The offline profile (texture_bank features of 96-px SynthStuff, 8 classes), tuned on the CPU budget of
+    # the book: shifts between the different-label and same-label medians of F (pointwise F medians: self
+    # 0.49 vs 0.74, knn 0.50 vs 0.66, random 0.43 vs 0.54), STEGO's default weights, D = 16, and a 4x larger
+    # learning rate for 300 instead of 5,000 iterations. k-means (K = 8) + Hungarian on the validation codes:
+    # 32.8 mIoU (3 seeds) vs 26.3 on the raw 254-d features; with STEGO's default shifts the code collapses.
+    # 2,000 images of 12 x 12 x 254 features fit in memory: training reads them from the feature cache.
+    Preset("synthstuff", "texture_bank", SynthStuffData(), dim=16, batch_size=16, steps=300,
+           loss=LossConfig(self_weight=0.67, knn_weight=0.25, random_weight=0.63,
+                           self_shift=0.65, knn_shift=0.6, random_shift=0.7, pointwise=True), lr=2e-3,
+           cache_features=True,
+           source="tuned for SynthStuff + texture_bank (S by label agreement; k-means on validation codes)"),
+)}
+
+
+def get_preset(name: str) -> Preset:
+    """The named preset; a clear error for anything else."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The mechanism chapters' settings
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Everything the mechanism chapters vary or sample, per profile (reference §8)."""
+
+    dims: tuple[int, ...]          # D grid for STEGO, PCA and RP (the identity is added at full width)
+    seeds: tuple[int, ...]         # heads, random projections, token samples and probes
+    loss_preset: str               # the STEGO loss (weights, shifts) of the sweep's heads
+    head_steps: int                # iterations of each sweep head
+    head_batch: int
+    head_lr: float
+    fit_images: int | None         # training images the probe/PCA token sample is drawn from (None: all)
+    tokens_per_image: int          # tokens drawn per such image
+    kmeans_n_init: int = 3         # cluster probe restarts
+    linear_max_iter: int = 100     # L-BFGS iterations of the linear probe
+    convergence_seeds: int = 10    # k-means runs per representation (n_init=1 each)
+    convergence_tokens: int = 20_000
+    convergence_max_iter: int = 100
+    convergence_dims: tuple[int, ...] | None = None   # None: all of `dims`
+    distinct_tokens: int = 3000    # labelled validation tokens for the distinctness metrics
+
+    def __post_init__(self) -> None:
+        if not self.dims or min(self.dims) < 1 or not self.seeds:
+            raise ValueError(f"need positive dims and at least one seed, got dims={self.dims}, "
+                             f"seeds={self.seeds}")
+        if self.convergence_dims is not None and not set(self.convergence_dims) <= set(self.dims):
+            raise ValueError(f"convergence_dims {self.convergence_dims} must be among dims {self.dims}")
+
+    @classmethod
+    def for_profile(cls, name: str, **overrides: Any) -> SweepConfig:
+        """The profile's settings, then `overrides` (e.g. seeds=(0, 1, 2))."""
+        return get_profile(name).sweep_config(**overrides)
+
+    def head_config(self, seed: int) -> TrainConfig:
+        """The training settings of the sweep's heads (dim is set per head by `train_heads`)."""
+        return get_preset(self.loss_preset).train_config(batch_size=self.head_batch, steps=self.head_steps,
+                                                         lr=self.head_lr, seed=seed)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Profiles
 
 
 @dataclass(frozen=True)
 class Profile:
+    """A chapter's setting: a training preset, the sweep settings, and what a reader needs to run it."""
+
     name: str
-    backbone: str       # a name from stego_lite.backbone.list_backbones()
-    dataset: str        # what the chapters train and evaluate on
-    train_res: int      # training images are train_res x train_res crops (px)
-    eval_res: int       # evaluation centre crops (px)
-    loss_preset: str    # the loss/training preset of stego_lite.loss for this data
-    needs: str          # what a reader needs to run it
+    preset: Preset
+    sweep: SweepConfig
+    needs: str                     # what a reader needs to run it
+    photos_in_domain: bool         # photos are the kind of image the model was trained on
+    released: str | None = None    # a released STEGO checkpoint the chapters may use instead of training
+
+    # what the chapters print and use, read from the preset
+    backbone = property(lambda self: self.preset.backbone)
+    dataset = property(lambda self: self.preset.dataset)
+    loss_preset = property(lambda self: self.preset.name)
+    train_res = property(lambda self: self.preset.res)
+    eval_res = property(lambda self: self.preset.eval_res)
 
     def train_set(self) -> Dataset:
         """The training split (generated or read from disk on first use)."""
-        return self._dataset("train")
+        return self.preset.train_set()
 
     def val_set(self) -> Dataset:
         """The evaluation split."""
-        return self._dataset("val")
+        return self.preset.val_set()
 
-    def _dataset(self, split: str) -> Dataset:
-        from stego_lite import data
+    def load_backbone(self, device: torch.device | str | None = None) -> Backbone:
+        return self.preset.load_backbone(device)
 
-        if self.dataset == "synthstuff":
-            return data.SYNTHSTUFF_OFFLINE.dataset(split)
-        if self.dataset == "cocostuff27":
-            if split == "train":  # STEGO trains on five crops of each image (reference §4)
-                return data.FiveCropDataset("cocostuff27", "train", transform=data.SegTransform(self.train_res))
-            return data.CocoStuff27(split=split, transform=data.SegTransform(self.eval_res))
-        raise ValueError(f"profile {self.name!r} names an unknown dataset {self.dataset!r}")
+    def train_config(self, **overrides: Any) -> TrainConfig:
+        return self.preset.train_config(**overrides)
+
+    def training_source(self, backbone: Backbone, dataset: Dataset | None = None, *,
+                        device: torch.device | str | None = None, progress: bool = False):
+        return self.preset.training_source(backbone, dataset, device=device, progress=progress)
+
+    def sweep_config(self, **overrides: Any) -> SweepConfig:
+        """The mechanism sweep's settings, then `overrides` (e.g. seeds=(0, 1, 2))."""
+        return dataclasses.replace(self.sweep, **overrides)
 
 
-PROFILES: dict[str, Profile] = {
-    "offline": Profile("offline", backbone="texture_bank", dataset="synthstuff", train_res=96, eval_res=96,
-                       loss_preset="synthstuff", needs="a CPU; no network"),
-    "paper": Profile("paper", backbone="dino_vitb8", dataset="cocostuff27", train_res=224, eval_res=320,
-                     loss_preset="cocostuff27", needs="a GPU, internet (DINO weights) and COCO-Stuff"),
-}
+PROFILES: dict[str, Profile] = {}
+
+
+def register_profile(profile: Profile) -> Profile:
+    """Add (or replace) a profile by its name, and its preset if that is new; returns the profile."""
+    if PRESETS.setdefault(profile.preset.name, profile.preset) != profile.preset:
+        raise ValueError(f"profile {profile.name!r} brings a preset named {profile.preset.name!r} that differs "
+                         "from the registered one; give the new preset another name")
+    PROFILES[profile.name] = profile
+    return profile
+
+
+register_profile(Profile(
+    "offline", PRESETS["synthstuff"], needs="a CPU; no network", photos_in_domain=False,
+    # CPU budget (chapter 4 runs cold in about 3 minutes on 2 cores): every head for 100 iterations of batch
+    # 8 (the synthstuff preset: 300 x 16), all D of one seed in one loop; probes on 8 tokens of each of the
+    # 2,000 training images; the convergence study on 10,000 validation tokens at three D.
+    sweep=SweepConfig(dims=(3, 6, 12, 24, 48, 96), seeds=(0, 1, 2), loss_preset="synthstuff",
+                      head_steps=100, head_batch=8, head_lr=2e-3, fit_images=None, tokens_per_image=8,
+                      kmeans_n_init=2, linear_max_iter=50, convergence_tokens=10_000,
+                      convergence_dims=(3, 12, 48))))
+register_profile(Profile(
+    "paper", PRESETS["cocostuff27"], needs="a GPU, internet (DINO weights) and COCO-Stuff",
+    photos_in_domain=True, released="cocostuff27",
+    # Koenig et al.'s grid and the COCO-Stuff checkpoint's settings (7,000 iterations of batch 32, lr 5e-4);
+    # PCA/RP/probes are fitted on tokens of 5,000 training images (they use all their tokens; we draw 40
+    # of each).
+    sweep=SweepConfig(dims=(3, 6, 12, 24, 48, 96, 192, 384, 768), seeds=(0, 1, 2), loss_preset="cocostuff27",
+                      head_steps=7000, head_batch=32, head_lr=5e-4, fit_images=5000, tokens_per_image=40,
+                      convergence_tokens=50_000, distinct_tokens=3000)))
 
 
 def get_profile(name: str) -> Profile:

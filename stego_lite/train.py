@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import io
-import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,11 +32,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from stego_lite.cache import keyed_path
 from stego_lite.env import cache_dir
-from stego_lite.features import save_atomic
+from stego_lite.files import save_torch_atomic, write_atomic, write_json_atomic
 from stego_lite.head import SegmentationHead
-from stego_lite.knn import NUM_NEIGHBORS, Batch, FeatureSource, ImageSource, sample_positives
-from stego_lite.loss import LossConfig, LossTerms, get_preset, same_label, sample_labels, stego_loss
+from stego_lite.knn import NUM_NEIGHBORS, sample_positives
+from stego_lite.loss import LossConfig, LossTerms, same_label, sample_labels, stego_loss
+from stego_lite.progress import progress as progress_bar
+from stego_lite.sources import Batch, FeatureSource, ImageSource
 
 __all__ = [
     "Batch", "Diagnostics", "FeatureSource", "ImageSource", "TrainConfig", "TrainResult", "build_head",
@@ -64,11 +65,10 @@ class TrainConfig:
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> TrainConfig:
-        """A preset's dim, batch, steps, learning rate and loss (loss.PRESETS), then `overrides`."""
-        preset = get_preset(name)
-        base = cls(loss=preset.loss, dim=preset.dim, batch_size=preset.batch_size, steps=preset.steps,
-                   lr=preset.lr)
-        return dataclasses.replace(base, **overrides)
+        """A preset's dim, batch, steps, learning rate and loss (profiles.PRESETS), then `overrides`."""
+        from stego_lite.profiles import get_preset
+
+        return get_preset(name).train_config(**overrides)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
@@ -131,11 +131,10 @@ def train_step(head: SegmentationHead, batch: Batch, config: TrainConfig,
 
 def run_dir_for(config: TrainConfig, source: Source, probes: Mapping[str, nn.Module] | None = None) -> Path:
     """A run folder under <cache>/runs named by config, data and probes: same inputs, same folder."""
-    spec = json.dumps({"config": dataclasses.asdict(config), "source": source.key,
-                       "probes": {k: repr(v) for k, v in (probes or {}).items()}}, sort_keys=True)
-    digest = hashlib.sha1(spec.encode()).hexdigest()[:16]
-    name = f"d{config.dim}-b{config.batch_size}-s{config.steps}-seed{config.seed}-{digest}"
-    return cache_dir() / "runs" / name
+    spec = {"config": dataclasses.asdict(config), "source": source.key,
+            "probes": {k: repr(v) for k, v in (probes or {}).items()}}
+    stem = f"d{config.dim}-b{config.batch_size}-s{config.steps}-seed{config.seed}"
+    return keyed_path(cache_dir() / "runs", stem, spec, suffix="")
 
 
 def train(config: TrainConfig, source: Source, *, probes: Mapping[str, nn.Module] | None = None,
@@ -160,18 +159,17 @@ def train(config: TrainConfig, source: Source, *, probes: Mapping[str, nn.Module
         if run_dir is not None and (Path(run_dir) / CHECKPOINT).is_file():
             loop.load(Path(run_dir) / CHECKPOINT)
         end = min(config.steps, stop_at) if stop_at is not None else config.steps
-        bar = _progress(progress, config.steps, loop.step)
+        bar = progress_bar(enabled=progress, total=config.steps, initial=loop.step, desc="training head",
+                           unit="it")
         while loop.step < end:
             metrics = loop.iteration()
             if val_fn is not None and val_every and loop.step % val_every == 0:
                 metrics |= _validate(val_fn, loop.head, probes, loop.step)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
             if run_dir is not None and checkpoint_every and loop.step % checkpoint_every == 0:
                 loop.save(Path(run_dir))
-        if bar is not None:
-            bar.close()
+        bar.close()
         if run_dir is not None:
             loop.save(Path(run_dir))
     return TrainResult(loop.head.eval(), probes, loop.history, Path(run_dir) if run_dir is not None else None)
@@ -184,14 +182,6 @@ def _validate(val_fn: ValFn, head: SegmentationHead, probes: Mapping[str, nn.Mod
             return {f"val/{k}": float(v) for k, v in val_fn(head, probes, step).items()}
     finally:
         head.train()
-
-
-def _progress(enabled: bool, total: int, initial: int):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="training head", unit="it")
 
 
 class EpochOrder:
@@ -260,7 +250,7 @@ class _Loop:
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        save_atomic(state, run_dir / CHECKPOINT)
+        save_torch_atomic(state, run_dir / CHECKPOINT)
         _write_history(run_dir, self.history)
 
     def load(self, path: Path) -> None:
@@ -291,8 +281,6 @@ class _Loop:
 
 def _write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
     """history.json and history.csv (one row per iteration) beside the checkpoint, both atomically."""
-    from stego_lite.data.files import write_atomic, write_json_atomic
-
     write_json_atomic(run_dir / "history.json", history)
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for row in history for k in row)),
@@ -340,12 +328,6 @@ def diagnose(head: SegmentationHead, source: FeatureSource, config: TrainConfig,
 
 def training_set(preset: str) -> Dataset:
     """The training split a preset was made for (SynthStuff; COCO-Stuff/Cityscapes five-crop; Potsdam)."""
-    from stego_lite import data
+    from stego_lite.profiles import get_preset
 
-    p = get_preset(preset)
-    if preset == "synthstuff":
-        return data.SYNTHSTUFF_OFFLINE.dataset("train")
-    transform = data.SegTransform(p.res)
-    if p.five_crop:
-        return data.FiveCropDataset(preset, "train", transform=transform)
-    return data.DATASETS[preset](split="train", transform=transform)
+    return get_preset(preset).train_set()

@@ -74,3 +74,12 @@ def test_every_notebook_is_in_the_toc() -> None:
     toc_text = (ROOT / "_toc.yml").read_text()
     missing = [p.name for p in NOTEBOOKS if f"notebooks/{p.stem}" not in toc_text]
     assert not missing, f"notebooks not listed in _toc.yml: {missing}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_cells_have_stable_ids(path: Path) -> None:
+    """Readable ids (ch02-13) that tools/notebook_ids.py gives once, so regenerating cells churns no diff."""
+    ids = [c.get("id", "") for c in load(path)["cells"]]
+    wrong = [i for i in ids if not i.startswith(f"ch{path.name[:2]}-") or not i[5:].isdigit()]
+    assert not wrong and len(set(ids)) == len(ids), \
+        f"{path.name}: cells {wrong or 'with duplicate ids'}; run python tools/notebook_ids.py"
