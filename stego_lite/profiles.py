@@ -52,17 +52,20 @@ class DataSpec(Protocol):
 
 @dataclass(frozen=True)
 class SynthStuffData:
-    """SynthStuff, generated on first use; `config` None means `data.SYNTHSTUFF_OFFLINE`, read when used."""
+    """SynthStuff, generated on first use; `config` None means `data.SYNTHSTUFF_OFFLINE`, read when used,
+    with the fields named in `changes` replaced (e.g. a world's sizes and switches)."""
 
     config: SynthStuffConfig | None = None
     root: str | None = None      # where the generated folders live (default: under $STEGO_LITE_CACHE)
     name: str = "synthstuff"
     five_crop: bool = False
+    changes: tuple[tuple[str, Any], ...] = ()   # (field, value) pairs of SynthStuffConfig
 
     def resolved(self) -> SynthStuffConfig:
         from stego_lite import data
 
-        return self.config if self.config is not None else data.SYNTHSTUFF_OFFLINE
+        config = self.config if self.config is not None else data.SYNTHSTUFF_OFFLINE
+        return dataclasses.replace(config, **dict(self.changes))
 
     @property
     def train_res(self) -> int:
@@ -224,6 +227,7 @@ class SweepConfig:
     convergence_max_iter: int = 100
     convergence_dims: tuple[int, ...] | None = None   # None: all of `dims`
     distinct_tokens: int = 3000    # labelled validation tokens for the distinctness metrics
+    loss_shifts: tuple[float, float, float] | None = None   # (self, knn, random) shifts instead of the preset's
 
     def __post_init__(self) -> None:
         if not self.dims or min(self.dims) < 1 or not self.seeds:
@@ -239,8 +243,12 @@ class SweepConfig:
 
     def head_config(self, seed: int) -> TrainConfig:
         """The training settings of the sweep's heads (dim is set per head by `train_heads`)."""
-        return get_preset(self.loss_preset).train_config(batch_size=self.head_batch, steps=self.head_steps,
-                                                         lr=self.head_lr, seed=seed)
+        config = get_preset(self.loss_preset).train_config(batch_size=self.head_batch, steps=self.head_steps,
+                                                           lr=self.head_lr, seed=seed)
+        if self.loss_shifts is None:
+            return config
+        shifts = dict(zip(("self_shift", "knn_shift", "random_shift"), self.loss_shifts, strict=True))
+        return dataclasses.replace(config, loss=dataclasses.replace(config.loss, **shifts))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -326,3 +334,44 @@ def get_profile(name: str) -> Profile:
         return PROFILES[name]
     except KeyError:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The worlds of chapter 04's "When does the reduction help?" (stego_lite.worlds): SynthStuff with its
+# `scenes` and `nuisance` switches off and on, `texture_bank` features. They are profiles of one section,
+# not of a chapter, so they live in WORLDS, not PROFILES.
+#
+# Budget, fixed before any world's sweep was run: 600 training and 150 validation images (96 px); heads at
+# D = 3, 6, 12, 24 for 100 iterations of batch 8 (the offline profile's sweep budget), three seeds; probes and
+# PCA on 16 tokens of each training image. The heads' shifts are not the preset's: `worlds.world_sweep`
+# measures them per world by the rule of the synthstuff preset (`worlds.rule_shifts`, training tokens only).
+
+WORLDS: dict[str, Profile] = {}
+WORLD_SIZES = (("n_train", 600), ("n_val", 150))
+
+
+def world_profile(scenes: bool, nuisance: bool) -> Profile:
+    """The world with these switches: its preset (the synthstuff preset's loss and head), data and sweep."""
+    suffix = "-scenes" * scenes + "-nuisance" * nuisance
+    name = f"world{suffix or '-plain'}"
+    data = SynthStuffData(name=f"synthstuff{suffix}",
+                          changes=(*WORLD_SIZES, ("scenes", scenes), ("nuisance", nuisance)))
+    preset = dataclasses.replace(PRESETS["synthstuff"], name=name, data=data,
+                                 source="the synthstuff preset on a SynthStuff world (stego_lite.worlds)")
+    sweep = SweepConfig(dims=(3, 6, 12, 24), seeds=(0, 1, 2), loss_preset=name, head_steps=100, head_batch=8,
+                        head_lr=2e-3, fit_images=None, tokens_per_image=16, kmeans_n_init=2, linear_max_iter=50)
+    return Profile(name, preset, sweep, needs="a CPU; no network", photos_in_domain=False)
+
+
+for _scenes, _nuisance in ((False, False), (True, False), (False, True), (True, True)):
+    _world = world_profile(_scenes, _nuisance)
+    WORLDS[_world.name], PRESETS[_world.preset.name] = _world, _world.preset
+del _scenes, _nuisance, _world
+
+
+def get_world(name: str) -> Profile:
+    """The named world; a clear error for anything else."""
+    try:
+        return WORLDS[name]
+    except KeyError:
+        raise ValueError(f"unknown world {name!r}; choose one of {list(WORLDS)}") from None
