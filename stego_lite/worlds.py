@@ -4,6 +4,7 @@
     st = studies["world-scenes"]              # SynthStuff with `scenes` on, texture_bank features
     st.preconditions                          # measured before any head is trained
     gaps = paired_gaps(st.table)              # STEGO - PCA, cluster probe, seed by seed
+    decision(gaps)                            # the pre-registered reading per D; switch_effects: per switch
 
     # one world by hand
     source, data = analysis.sweep_inputs(world, backbone)
@@ -17,10 +18,10 @@ of SynthStuff (`data.SynthStuffConfig`), so the four worlds are a 2 x 2 design:
 (a) `scenes`: image neighbours share classes (a beach has sand, sea and sky), which STEGO's KNN term feeds
     on. Measured as the class-histogram overlap of each image with its nearest images (the KNN term's
     positives) against random pairs of images.
-(b) `nuisance`: the main directions of variance do not follow the classes (per-image light, colour, blur
-    and noise). Measured as the share of the variance in the first D principal components, the share of
-    the first three components' variance that the class explains, and k-means on PCA-D against k-means
-    on the raw features.
+(b) `nuisance`: the main directions of variance do not follow the classes (per-image texture scale,
+    light, colour, blur and noise). Measured as the share of the variance in the first D principal
+    components, the share of the first three components' variance that the class explains, and k-means on
+    PCA-D against k-means on the raw features.
 
 Each world's heads use the synthstuff preset's loss with shifts set by one rule, applied mechanically
 (`rule_shifts`): each shift is the midpoint between the medians of the feature correlation F of
@@ -33,14 +34,17 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
 from torch import Tensor
 
-from stego_lite import published
+from stego_lite import cache, published
 from stego_lite.analysis import SweepData, cached_frames, dimension_sweep, sweep_inputs
+from stego_lite.env import cache_dir
+from stego_lite.files import write_atomic
 from stego_lite.knn import NUM_NEIGHBORS, sample_positives
 from stego_lite.loss import (
     LossConfig, feature_correlation, partner_indices, random_coords, same_label, sample_labels, sample_points,
@@ -213,8 +217,9 @@ def precondition_table(pres: dict[str, dict[str, pd.DataFrame]]) -> pd.DataFrame
     return pd.DataFrame([*rows, cited])
 
 
-PRECONDITIONS_SOURCE = (f"COCO row: {published.KOENIG_SOURCE} (raw DINO) and {published.KOENIG_DIMENSIONS_SOURCE} "
-                        "(PCA-D); Koenig et al. give no numbers for the other columns")
+PRECONDITIONS_SOURCE = ("COCO row, published: Koenig, Schambach, Otterbach 2023, Fig. 4 (COCO-Stuff-27, DINO "
+                        "ViT-B/8, mIoU without CRF; raw DINO and PCA-D), read off the figure (about +-0.5); they "
+                        "give no numbers for the other columns")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -285,18 +290,65 @@ def _study_by_name(name: str, sweep: bool) -> None:
 def study_all(worlds: Mapping[str, Profile], *, sweep: bool = True, workers: int | None = None,
               device=None) -> dict[str, WorldStudy]:
     """`study` of every world (name -> profile). Their data are generated first; then, with `workers` > 1
-    (default: the CPU count, at most one per world), the registered worlds are computed in that many
-    processes on one thread each, and read back here from the cache."""
+    (default: the CPU count, at most one per world), the registered worlds not studied before are computed
+    in that many processes on one thread each, and everything is read back here from the cache."""
     from stego_lite.profiles import WORLDS
 
     for world in worlds.values():      # generation has its own processes
         world.train_set(), world.val_set()
-    workers = min(os.cpu_count() or 1, len(worlds)) if workers is None else workers
-    names = [n for n, w in worlds.items() if WORLDS.get(n) == w]
+    names = [n for n, w in worlds.items() if WORLDS.get(n) == w and not _done(w, sweep).exists()]
+    workers = min(os.cpu_count() or 1, len(names)) if workers is None else workers
     if workers > 1 and len(names) > 1:
         from concurrent.futures import ProcessPoolExecutor
         from multiprocessing import get_context
 
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
             list(pool.map(_study_by_name, names, [sweep] * len(names)))
-    return {name: study(world, sweep=sweep, device=device) for name, world in worlds.items()}
+    studies = {name: study(world, sweep=sweep, device=device) for name, world in worlds.items()}
+    for world in worlds.values():
+        write_atomic(_done(world, sweep), lambda tmp: tmp.write_text("read back from the cache\n"))
+    return studies
+
+
+def _done(world: Profile, sweep: bool) -> Path:
+    """A marker that `study_all` read this world's study back once: later calls skip the worker processes
+    (their start costs seconds); if a cached result has gone meanwhile, `study` simply recomputes it here."""
+    spec = {"world": repr(world), "sweep": sweep, "version": CACHE_VERSION}
+    return cache.keyed_path(cache_dir() / "analysis", f"studied-{world.name}", spec, ".done")
+
+
+def decision(gaps: pd.DataFrame) -> pd.Series:
+    """The pre-registered reading of `paired_gaps` per D: 'reproduced' if STEGO is ahead for every seed,
+    'reversed' if behind for every seed, 'undecided' otherwise."""
+    return pd.Series(["reproduced" if lo > 0 else "reversed" if hi < 0 else "undecided"
+                      for lo, hi in zip(gaps["gap min"], gaps["gap max"])], index=gaps.dim, name="decision")
+
+
+def switch_effects(gaps: Mapping[tuple[bool, bool], pd.DataFrame]) -> pd.DataFrame:
+    """The pre-registered effect of each switch on the STEGO - PCA gap, the other switch held: per switch,
+    other switch state and D, the mean gap off and on, their difference and whether it exceeds the larger
+    of the two seed standard deviations. `gaps` maps (scenes, nuisance) to `paired_gaps`."""
+    rows = []
+    for switch, index in (("scenes", 0), ("nuisance", 1)):
+        for other in (False, True):
+            off, on = [gaps[(v, other) if index == 0 else (other, v)].set_index("dim") for v in (False, True)]
+            for d in off.index:
+                change = on.gap[d] - off.gap[d]
+                noise = max(off["gap std"][d], on["gap std"][d])
+                rows.append({"switch": switch, "other on": other, "dim": d, "gap off": off.gap[d],
+                             "gap on": on.gap[d], "change": change, "beyond noise": abs(change) > noise})
+    return pd.DataFrame(rows)
+
+
+def switches_of(world: Profile) -> tuple[bool, bool]:
+    """A world's (scenes, nuisance) switches, read from its data."""
+    config = world.preset.data.resolved()
+    return config.scenes, config.nuisance
+
+
+def class_shares(dataset) -> pd.Series:
+    """Share of the labelled pixels of each class over a dataset's label maps, in %: name -> share."""
+    counts = sum(torch.bincount(torch.as_tensor(dataset.load(i)[1]).flatten().clamp_min(-1) + 1,
+                                minlength=len(dataset.classes) + 1) for i in range(len(dataset)))
+    counts = counts[1:].double()   # index 0 counted the ignored pixels
+    return pd.Series((100 * counts / counts.sum()).numpy(), index=list(dataset.classes))

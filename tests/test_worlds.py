@@ -265,3 +265,48 @@ def test_precondition_table_cites_coco_beside_the_worlds() -> None:
     assert table.loc[0, "PCA-3 k-means"] == 30.0 and table.loc[0, "overlap gap"] == pytest.approx(0.2)
     assert table.loc[1, "raw k-means"] == 12.7 and table.loc[1, "PCA-3 k-means"] == 5.1
     assert pd.isna(table.loc[1, "overlap KNN"])
+
+
+def test_decision_and_switch_effects_follow_the_preregistered_rule() -> None:
+    def gaps(values, std=1.0):   # one D per value: mean, std and a [min, max] around it
+        return pd.DataFrame({"dim": [3, 6, 12][:len(values)], "gap": values, "gap std": std,
+                             "gap min": [v - 2 for v in values], "gap max": [v + 2 for v in values], "seeds": 3})
+
+    assert worlds.decision(gaps([5.0, -5.0, 1.0])).tolist() == ["reproduced", "reversed", "undecided"]
+    table = {(False, False): gaps([-8.0]), (True, False): gaps([-6.5]), (False, True): gaps([-3.0], 0.5),
+             (True, True): gaps([-3.2], 0.5)}
+    effects = worlds.switch_effects(table).set_index(["switch", "other on"])
+    assert effects.loc[("scenes", False), "change"] == pytest.approx(1.5)
+    assert bool(effects.loc[("scenes", False), "beyond noise"])            # 1.5 > max std 1.0
+    assert not bool(effects.loc[("scenes", True), "beyond noise"])         # 0.2 < 0.5
+    assert effects.loc[("nuisance", True), "change"] == pytest.approx(3.3)   # -3.2 against -6.5
+
+
+def test_class_shares_count_the_labelled_pixels(tmp_path) -> None:
+    ds = SynthStuffConfig(image_size=32, n_train=2, n_val=3, scenes=True).dataset("val", root=tmp_path)
+    labels = np.concatenate([ds.load(i)[1].ravel() for i in range(3)])
+    expected = 100 * np.bincount(labels, minlength=8) / labels.size
+    np.testing.assert_allclose(worlds.class_shares(ds).to_numpy(), expected)
+    assert list(worlds.class_shares(ds).index) == list(ds.classes)
+
+
+def test_study_of_a_tiny_world_runs_end_to_end_and_reads_back(monkeypatch, tmp_path) -> None:
+    import dataclasses
+
+    monkeypatch.setenv("STEGO_LITE_CACHE", str(tmp_path))
+    world = profiles.world_profile(True, True)
+    data_spec = dataclasses.replace(world.preset.data, changes=(("image_size", 32), ("n_train", 40),
+                                                                ("n_val", 4), ("scenes", True), ("nuisance", True)))
+    preset = dataclasses.replace(world.preset, name="world-tiny", data=data_spec)
+    sweep = dataclasses.replace(world.sweep, loss_preset="world-tiny", dims=(2, 4), seeds=(0, 1), head_steps=2,
+                                head_batch=4, tokens_per_image=4)
+    tiny = dataclasses.replace(world, name="world-tiny", preset=preset, sweep=sweep)
+    monkeypatch.setattr(profiles, "PRESETS", {**profiles.PRESETS, "world-tiny": preset})
+    first = worlds.study_all({"world-tiny": tiny}, workers=1)["world-tiny"]
+    assert list(first.preconditions["shifts"].term) == list(worlds.TERMS)
+    assert first.config.loss_shifts == tuple(first.preconditions["shifts"]["shift"])
+    assert set(first.table.method) == {"STEGO", "PCA", "RP", "raw"} and set(first.table.seed) == {0, 1}
+    assert worlds.paired_gaps(first.table).seeds.tolist() == [2, 2]
+    assert list((tmp_path / "analysis").glob("studied-world-tiny-*.done"))
+    again = worlds.study_all({"world-tiny": tiny})["world-tiny"]   # read back, no worker started
+    pd.testing.assert_frame_equal(first.table, again.table)
