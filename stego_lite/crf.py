@@ -16,7 +16,6 @@ OpenMP threads (STEGO issue #12). This module imports no torch at all, for the s
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -79,11 +78,13 @@ def crf_pool(workers: int) -> ProcessPoolExecutor | contextlib.nullcontext:
     """`workers` spawned CRF processes to reuse across batches (`with crf_pool(2) as pool:`); 0: none.
 
     Starting processes costs far more than refining one small image, so a whole evaluation shares
-    one pool. Spawned, not forked: safe once torch has started its threads.
+    one pool. Spawned, not forked (`workers.process_pool`): safe once torch has started its threads.
     """
     if workers <= 0:
         return contextlib.nullcontext(None)
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    from stego_lite.workers import process_pool
+
+    return process_pool(workers)
 
 
 def dense_crf_batch(images: np.ndarray, probs: np.ndarray, *, workers: int = 0,

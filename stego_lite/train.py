@@ -19,9 +19,11 @@ loop depends on the total: there is no learning-rate schedule).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
+import pickle
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,9 +34,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from stego_lite.cache import keyed_path
+from stego_lite.cache import checksum, keyed_path
 from stego_lite.env import cache_dir
-from stego_lite.files import save_torch_atomic, write_atomic, write_json_atomic
+from stego_lite.files import (
+    file_lock, remove_stale_temporaries, save_torch_atomic, write_atomic, write_json_atomic,
+)
 from stego_lite.head import SegmentationHead
 from stego_lite.knn import NUM_NEIGHBORS, sample_positives
 from stego_lite.loss import LossConfig, LossTerms, same_label, sample_labels, stego_loss
@@ -153,7 +157,7 @@ def train(config: TrainConfig, source: Source, *, probes: Mapping[str, nn.Module
         raise ValueError(f"batch_size must be between 2 (random partners) and the {len(source)} training "
                          f"images, got {config.batch_size}")
     probes = dict(probes or {})
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with _run_lock(run_dir), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)  # the run's own RNG stream: initialisation, then dropout
         loop = _Loop(config, source, build_head(config, source.in_dim).to(device), probes, device)
         if run_dir is not None and (Path(run_dir) / CHECKPOINT).is_file():
@@ -173,6 +177,20 @@ def train(config: TrainConfig, source: Source, *, probes: Mapping[str, nn.Module
         if run_dir is not None:
             loop.save(Path(run_dir))
     return TrainResult(loop.head.eval(), probes, loop.history, Path(run_dir) if run_dir is not None else None)
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: str | Path | None):
+    """One process at a time in a run folder: a second one waits (and says for whom), then resumes from
+    the first one's checkpoint. Temporary files of killed writers are removed."""
+    if run_dir is None:
+        yield
+        return
+    run_dir = Path(run_dir)
+    with file_lock(run_dir / ".lock", what=f"the training run in {run_dir}"):
+        for name in (CHECKPOINT, "history.json", "history.csv"):
+            remove_stale_temporaries(run_dir / name)
+        yield
 
 
 def _validate(val_fn: ValFn, head: SegmentationHead, probes: Mapping[str, nn.Module], step: int) -> dict:
@@ -250,11 +268,12 @@ class _Loop:
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        state["checksum"] = checksum(state)   # verified on loading: damaged bytes are never trained on
         save_torch_atomic(state, run_dir / CHECKPOINT)
         _write_history(run_dir, self.history)
 
     def load(self, path: Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_checkpoint(path)
         if ({**state["config"], "steps": 0} != {**dataclasses.asdict(self.config), "steps": 0}
                 or state["source"] != self.source.key):
             raise ValueError(f"{path} belongs to another run (config {state['config']}, data "
@@ -277,6 +296,25 @@ class _Loop:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.batches.order, self.batches.position = state["order"], state["position"]
         self.step, self.seconds, self.history = state["step"], state["seconds"], state["history"]
+
+
+class CheckpointError(RuntimeError):
+    """A run's checkpoint cannot be used: damaged, or not a checkpoint; the message names file and fix."""
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A run's checkpoint, its checksum verified; CheckpointError naming the file and the fix otherwise."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or "step" not in state:
+            raise ValueError("it is not a training checkpoint")
+        stored = state.pop("checksum", None)
+        if stored is not None and stored != checksum(state):
+            raise ValueError("its content does not match its checksum")
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        raise CheckpointError(f"{path} is damaged ({str(err).splitlines()[0]}); delete it to train that run "
+                              f"from the start, or pass another --run-dir / run_dir") from None
+    return state
 
 
 def _write_history(run_dir: Path, history: list[dict[str, float]]) -> None:

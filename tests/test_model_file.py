@@ -183,6 +183,6 @@ def test_segment_uses_the_model_size():
     model = trained_like(bb.load_backbone("texture_bank"))
     rgb = np.random.default_rng(0).integers(0, 255, (32, 48, 3), dtype=np.uint8)
     model.res = 16
-    assert stego_lite.segment(rgb, model)[0].cluster.shape == (16, 24)
+    assert stego_lite.segment(rgb, model, keep_model_res=True)[0].cluster.shape == (16, 24)
     model.res = None
-    assert stego_lite.segment(rgb, model, flip_tta=False)[0].cluster.shape == (320, 480)
+    assert stego_lite.segment(rgb, model, flip_tta=False, keep_model_res=True)[0].cluster.shape == (320, 480)
