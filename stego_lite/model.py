@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stego_lite.cache import checksum
 from stego_lite.checkpoints import load_strict, shorten, state_mismatch
 from stego_lite.probes import ClusterProbe, LinearProbe
 
@@ -168,6 +169,7 @@ def save_model(model: StegoModel, path: str | os.PathLike, *, embed_backbone: bo
     if backbone_state is not None:
         record["backbone_state"] = backbone_state
     path = Path(path).expanduser()
+    record["checksum"] = checksum(record)   # verified on loading: a damaged file is never used
     save_torch_atomic(record, path)
     return path
 
@@ -279,6 +281,10 @@ def _read_model_file(path: Path) -> dict:
         raise ValueError(f"{path} is a model file of format version {record.get('version')}; this "
                          f"stego_lite reads version {MODEL_FORMAT_VERSION}: use the stego_lite that wrote "
                          "it, or a newer one")
+    stored = record.pop("checksum", None)
+    if stored is not None and stored != checksum(record):
+        raise ModelFileError(f"{path} is damaged: its content does not match its checksum; save the model "
+                             "again (or train it again with `python -m stego_lite train --probes`)")
     missing = {"backbone", "head", "cluster_probe", "linear_probe", "classes"} - record.keys()
     if missing:
         raise ValueError(f"{path} is a damaged model file: it lacks {sorted(missing)}; save it again")

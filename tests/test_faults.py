@@ -271,3 +271,20 @@ def test_files_and_folders_follow_the_umask(tmp_path, cache):
         {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in written}
     folders = [p for p in (tmp_path / "data").rglob("*") if p.is_dir()]
     assert folders and all(stat.S_IMODE(p.stat().st_mode) == 0o755 for p in folders)
+
+
+def test_a_garbled_model_file_is_refused(tmp_path):
+    from test_model_file import trained_like
+
+    path = stego_lite.evaluate.save_model(trained_like(stego_lite.backbone.load_backbone("texture_bank")),
+                                          tmp_path / "model.pt")
+    stego_lite.evaluate.load_model(path)
+    raw = bytearray(path.read_bytes())
+    weights = torch.load(path, weights_only=True)["head"]["state"]["linear.weight"]
+    needle = weights.flatten()[:4].numpy().tobytes()   # the head's first weights
+    at = raw.find(needle)
+    assert at > 0
+    raw[at:at + 4] = bytes(255 - b for b in raw[at:at + 4])
+    path.write_bytes(bytes(raw))
+    with pytest.raises(stego_lite.model.ModelFileError, match="damaged"):
+        stego_lite.evaluate.load_model(path)
