@@ -5,6 +5,10 @@
     synthstuff  generate the offline SynthStuff splits (default: the book's offline profile)
     train       train STEGO's head with a preset's settings (python -m stego_lite train --preset synthstuff)
     segment     segment a folder of images with a trained model into PNG masks and overlays
+    extract     cache a preset's frozen features and KNN lists (what train reads)
+    evaluate    score a model file on a preset's validation split
+
+train, extract and evaluate also run in N processes: torchrun --nproc-per-node N -m stego_lite train ...
 """
 from __future__ import annotations
 
@@ -42,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--workers", type=int, help="processes (default: CPU count, at most 4)")
     _train_parser(sub)
     _segment_parser(sub)
+    from stego_lite import commands
+
+    commands.add_parsers(sub)
     return parser
 
 
@@ -109,7 +116,7 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> None:
     import dataclasses
 
-    from stego_lite import env, train
+    from stego_lite import distributed, env, train
     from stego_lite.backbone import load_backbone
     from stego_lite.profiles import get_preset
 
@@ -122,10 +129,10 @@ def _train(args: argparse.Namespace) -> None:
     given = {"steps": args.steps, "batch_size": args.batch_size, "dim": args.dim}
     config = preset.train_config(head_kind=args.head, seed=args.seed,
                                  **{k: v for k, v in given.items() if v is not None})
-    device = args.device or env.default_device()
+    device = distributed.device(args.device or env.default_device())   # under torchrun: this rank's GPU
     backbone = load_backbone(preset.backbone, weights=args.weights or preset.weights).to(device)
     dataset = train.training_set(args.preset)
-    progress = not args.no_progress
+    progress = not args.no_progress and distributed.is_main()
     source = preset.training_source(backbone, dataset, device=device, progress=progress)
     options = {"checkpoint_every": args.checkpoint_every, "device": device, "progress": progress}
     if args.probes:  # head and STEGO's two probes, in the run folder that evaluate.train_model reads back
@@ -135,6 +142,8 @@ def _train(args: argparse.Namespace) -> None:
     else:
         run_dir = args.run_dir or train.run_dir_for(config, source)
         result = train.train(config, source, run_dir=run_dir, **options)
+    if not distributed.is_main():   # rank 0 reports and writes the model file
+        return
     last = result.history[-1] if result.history else {}
     print(f"{args.preset}: {len(result.history)} iterations, loss {last.get('loss', float('nan')):.4f} "
           f"(self {last.get('self', float('nan')):.4f}, knn {last.get('knn', float('nan')):.4f}, "
@@ -242,9 +251,13 @@ def _synthstuff(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from stego_lite import commands as more
+    from stego_lite.distributed import launched
+
     commands = {"train": _train, "segment": _segment, "five-crop": _five_crop, "download": _download,
-                "synthstuff": _synthstuff}
-    return commands[args.command](args) or 0
+                "synthstuff": _synthstuff, "extract": more.extract, "evaluate": more.evaluate}
+    with launched(args.command, getattr(args, "device", None), sys.argv[1:] if argv is None else argv):
+        return commands[args.command](args) or 0
 
 
 if __name__ == "__main__":

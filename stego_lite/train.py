@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from stego_lite import distributed
 from stego_lite.cache import keyed_path
 from stego_lite.env import cache_dir
 from stego_lite.files import save_torch_atomic, write_atomic, write_json_atomic
@@ -158,6 +159,10 @@ def train(config: TrainConfig, source: Source, *, probes: Mapping[str, nn.Module
         loop = _Loop(config, source, build_head(config, source.in_dim).to(device), probes, device)
         if run_dir is not None and (Path(run_dir) / CHECKPOINT).is_file():
             loop.load(Path(run_dir) / CHECKPOINT)
+        if distributed.world_size() > 1:   # torchrun: DDP, each rank computing its rows of every batch
+            loop.next_batch, loop.model = distributed.data_parallel(loop.head, probes, config, source,
+                                                                    loop.step)
+        writes = run_dir is not None and distributed.is_main()   # rank 0 alone writes the run folder
         end = min(config.steps, stop_at) if stop_at is not None else config.steps
         bar = progress_bar(enabled=progress, total=config.steps, initial=loop.step, desc="training head",
                            unit="it")
@@ -167,10 +172,10 @@ def train(config: TrainConfig, source: Source, *, probes: Mapping[str, nn.Module
                 metrics |= _validate(val_fn, loop.head, probes, loop.step)
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-            if run_dir is not None and checkpoint_every and loop.step % checkpoint_every == 0:
+            if writes and checkpoint_every and loop.step % checkpoint_every == 0:
                 loop.save(Path(run_dir))
         bar.close()
-        if run_dir is not None:
+        if writes:
             loop.save(Path(run_dir))
     return TrainResult(loop.head.eval(), probes, loop.history, Path(run_dir) if run_dir is not None else None)
 
@@ -227,12 +232,13 @@ class _Loop:
         self.generator = torch.Generator().manual_seed(config.seed)  # on the CPU: same draws on any device
         self.batches = EpochOrder(len(source), config.batch_size, self.generator)
         self.step, self.seconds, self.history = 0, 0.0, []
+        self.next_batch, self.model = next_batch, head   # what `distributed.data_parallel` replaces
 
     def iteration(self) -> dict[str, float]:
         """One training iteration on the next batch of the epoch's shuffled order; appends to the history."""
         start = time.perf_counter()
-        batch = next_batch(self.source, self.batches, self.config, self.device)
-        metrics = train_step(self.head, batch, self.config, self.optimizers, probes=self.probes,
+        batch = self.next_batch(self.source, self.batches, self.config, self.device)
+        metrics = train_step(self.model, batch, self.config, self.optimizers, probes=self.probes,
                              generator=self.generator, step=self.step + 1)
         self.step += 1
         self.seconds += time.perf_counter() - start
