@@ -3,7 +3,7 @@
     fs = sharded.cached_features(backbone, dataset)    # what features.cached_features runs under torchrun
     nns = sharded.nearest_neighbors(backbone, dataset, key, k=30)   # what knn.nearest_neighbors runs
 
-The dataset is cut into shards of whole batches (`SHARD_BATCHES` batches each), so every image is
+The dataset is cut into shards of whole batches (`shard_size`), so every image is
 computed in the batch it has in one process and its features are the same to the bit. Rank r takes a
 contiguous run of shards (`distributed.row_range`). Each shard is a keyed cache file of its own,
 `<cache>/features/<key>.shards/<first>-<end>.pt`, written once and atomically by the rank that computed it:
@@ -34,14 +34,24 @@ from stego_lite.features import (
 )
 from stego_lite.knn import DESCRIPTOR_BLOCK, global_descriptors, knn_indices
 
-SHARD_BATCHES = 8   # batches per shard: the unit of work, of resuming, and of load balance
+SHARD_BATCHES = 8   # batches per shard at most: the unit of work, of resuming and of load balance
+MIN_SHARDS = 64     # fewer batches per shard until there are this many shards, so that many ranks get work
 
 
-def shard_ranges(n: int, shard_size: int, of_rank: int | None = None) -> list[tuple[int, int]]:
-    """The shards of rows 0..n-1 of `of_rank` (default: this rank): [(first, end), ...] of `shard_size`
-    rows each (the dataset's last one may be shorter)."""
-    lo, hi = distributed.row_range(n, shard_size, of_rank)
-    return [(first, min(first + shard_size, hi)) for first in range(lo, hi, shard_size)]
+def shard_size(n: int, batch_size: int) -> int:
+    """Images per shard: whole batches, at most SHARD_BATCHES, and MIN_SHARDS shards if n allows.
+
+    It depends on n and the batch only, not on the number of ranks, so a rerun with another number of
+    ranks finds the same shards.
+    """
+    return batch_size * max(1, min(SHARD_BATCHES, n // (batch_size * MIN_SHARDS)))
+
+
+def shard_ranges(n: int, size: int, of_rank: int | None = None) -> list[tuple[int, int]]:
+    """The shards of rows 0..n-1 of `of_rank` (default: this rank): [(first, end), ...] of `size` rows
+    each (the dataset's last one may be shorter)."""
+    lo, hi = distributed.row_range(n, size, of_rank)
+    return [(first, min(first + size, hi)) for first in range(lo, hi, size)]
 
 
 def shards_folder(key: FeatureKey, kind: str, suffix: str = "") -> Path:
@@ -49,20 +59,20 @@ def shards_folder(key: FeatureKey, kind: str, suffix: str = "") -> Path:
     return cache_path(key, kind, suffix).with_suffix(".shards")
 
 
-def cached_shards(folder: Path, spec: dict, n: int, shard_size: int,
+def cached_shards(folder: Path, spec: dict, n: int, size: int,
                   compute: Callable[[int, int], dict[str, Tensor]]) -> list[dict[str, Tensor]]:
     """This rank's shards, each `compute(first, end)` once and kept in `folder` (memory-mapped on reading)."""
     return [cache.load_or_compute(folder / f"{first:09d}-{end:09d}.pt", {**spec, "rows": [first, end]},
                                   lambda first=first, end=end: compute(first, end), version=FORMAT_VERSION,
                                   mmap=True)
-            for first, end in shard_ranges(n, shard_size)]
+            for first, end in shard_ranges(n, size)]
 
 
-def _all_shards(folder: Path, spec: dict, n: int, shard_size: int) -> list[dict[str, Tensor]]:
+def _all_shards(folder: Path, spec: dict, n: int, size: int) -> list[dict[str, Tensor]]:
     """Every rank's shards, read on rank 0 after they were written."""
     parts = []
     for r in range(distributed.world_size()):
-        for first, end in shard_ranges(n, shard_size, r):
+        for first, end in shard_ranges(n, size, r):
             path = folder / f"{first:09d}-{end:09d}.pt"
             part = cache.read(path, {**spec, "rows": [first, end]}, version=FORMAT_VERSION, mmap=True)
             if part is None:
@@ -79,13 +89,13 @@ def _run(backbone: Backbone, dataset: Dataset, first: int, end: int, **options) 
 
 
 def cached_features(backbone: Backbone, dataset: Dataset, *, batch_size: int = 64,
-                    device: torch.device | str | None = None, num_workers: int = 0, progress: bool = False,
-                    shard_batches: int = SHARD_BATCHES) -> FeatureSet:
+                    device: torch.device | str | None = None, num_workers: int = 0,
+                    progress: bool = False) -> FeatureSet:
     """`features.cached_features` split over the ranks (see the module docstring); any rank count works."""
-    key = feature_key(backbone, dataset)
-    shard_size = batch_size * shard_batches
-    distributed.check_same({"features": key.name, "shard_size": shard_size}, "the feature extraction")
-    spec, folder, n = dataclasses.asdict(key), shards_folder(key, "features"), len(dataset)
+    key, n = feature_key(backbone, dataset), len(dataset)
+    size = shard_size(n, batch_size)
+    distributed.check_same({"features": key.name, "shard_size": size}, "the feature extraction")
+    spec, folder = dataclasses.asdict(key), shards_folder(key, "features")
     options = {"batch_size": batch_size, "device": device, "num_workers": num_workers,
                "progress": progress and distributed.is_main()}
 
@@ -93,11 +103,11 @@ def cached_features(backbone: Backbone, dataset: Dataset, *, batch_size: int = 6
         return feature_record(*_run(backbone, dataset, first, end, **options))
 
     def compute() -> dict[str, Tensor] | None:   # every rank: its shards; rank 0: the file from all of them
-        cached_shards(folder, {**spec, "batch_size": batch_size}, n, shard_size, extract)
+        cached_shards(folder, {**spec, "batch_size": batch_size}, n, size, extract)
         distributed.barrier("waiting for every rank's feature shards")
         if not distributed.is_main():
             return None
-        parts = _all_shards(folder, {**spec, "batch_size": batch_size}, n, shard_size)
+        parts = _all_shards(folder, {**spec, "batch_size": batch_size}, n, size)
         return feature_record(torch.cat([p["feats"] for p in parts]), torch.cat([p["labels"].long()
                                                                                 for p in parts]))
 
@@ -110,10 +120,11 @@ def cached_features(backbone: Backbone, dataset: Dataset, *, batch_size: int = 6
 def nearest_neighbors(backbone: Backbone, dataset: Dataset, key: FeatureKey, *, k: int,
                       features: FeatureSet | None = None, batch_size: int = 64,
                       device: torch.device | str | None = None, chunk_size: int = 256,
-                      progress: bool = False, shard_batches: int = SHARD_BATCHES) -> Tensor:
+                      progress: bool = False) -> Tensor:
     """`knn.nearest_neighbors` split over the ranks (see the module docstring): -> (N, k) int64."""
-    n, shard_size = len(dataset), batch_size * shard_batches
-    distributed.check_same({"knn": key.name, "k": k, "chunk_size": chunk_size, "shard_size": shard_size,
+    n = len(dataset)
+    size = shard_size(n, batch_size)
+    distributed.check_same({"knn": key.name, "k": k, "chunk_size": chunk_size, "shard_size": size,
                             "from_features": features is not None}, "the KNN lists")
     spec, folder = dataclasses.asdict(key), shards_folder(key, "knn", "-descriptors")
 
@@ -128,9 +139,9 @@ def nearest_neighbors(backbone: Backbone, dataset: Dataset, key: FeatureKey, *, 
             lo, hi = distributed.row_range(n, block)
             mine = [global_descriptors(features.feats[i:min(i + block, hi)]) for i in range(lo, hi, block)]
         else:                      # the backbone over this rank's shards, kept until the lists are written
-            block, channels = shard_size, backbone.embed_dim
+            block, channels = size, backbone.embed_dim
             mine = [part["desc"] for part in cached_shards(folder, {**spec, "descriptors": batch_size}, n,
-                                                           shard_size, describe)]
+                                                           size, describe)]
         mine = torch.cat(mine) if mine else torch.empty(0, channels)
         desc = distributed.all_gather_rows(mine, n, block, "gathering the image descriptors")
         lo, hi = distributed.row_range(n, chunk_size)

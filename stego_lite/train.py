@@ -16,6 +16,9 @@ atomically) and `history.json` / `history.csv`. Calling `train` again with the s
 from the checkpoint and gives bit-identical parameters to an uninterrupted run; a finished run returns
 at once, which is how the book reuses trained heads, and a larger `steps` extends it (nothing in the
 loop depends on the total: there is no learning-rate schedule).
+
+Under torchrun (`stego_lite.distributed`) the head and probes train under DDP: `batch_size` is the global
+batch, each rank computes its rows of it, and the run equals the one-process run with that batch.
 """
 from __future__ import annotations
 

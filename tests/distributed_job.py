@@ -25,7 +25,7 @@ from stego_lite.model import StegoModel, stego_probes
 from stego_lite.sources import FeatureSource
 
 N_TRAIN, N_VAL, SIZE, CLASSES = 40, 12, 16, ("sky", "grass", "road")
-BATCH = 2          # extraction batch: shards of 16 images (8 batches), 3 shards over the ranks
+BATCH = 2          # extraction batch: 20 shards of one batch, 10 per rank
 CONFIG = T.TrainConfig(dim=4, batch_size=8, steps=20, num_neighbors=3, lr=1e-2, probe_lr=1e-2,
                        loss=T.LossConfig(n_points=3, n_random=2))
 SLOW = 0.05        # seconds per batch of the slow run
@@ -48,7 +48,7 @@ class TinyBackbone(Backbone):
 
 
 class Images(Dataset):
-    """Images whose halves have one of 3 colours (deterministic per index) and their labels (-1 on a border)."""
+    """Images whose halves have one of 3 colours (deterministic per index), labelled (-1 on the border)."""
 
     def __init__(self, n: int, split: str) -> None:
         self.n, self.name, self.split = n, "tiny", split

@@ -166,7 +166,7 @@ def test_ranks_started_with_different_commands_are_refused_at_start(tmp_path):
     assert not (tmp_path / "cache").exists(), "nothing was computed"
 
 
-def test_an_interrupted_sharded_extraction_resumes_from_its_finished_shards(tmp_path, monkeypatch, one_thread):
+def test_an_interrupted_sharded_extraction_resumes_from_finished_shards(tmp_path, monkeypatch, one_thread):
     monkeypatch.setenv("STEGO_LITE_CACHE", str(tmp_path / "one"))
     expected = features.cached_features(job.TinyBackbone(), job.Images(job.N_TRAIN, "train"),
                                         batch_size=job.BATCH)
@@ -180,11 +180,12 @@ def test_an_interrupted_sharded_extraction_resumes_from_its_finished_shards(tmp_
             raise KeyboardInterrupt("stopped in the second shard")
         return forward(img)
 
-    backbone.forward = lambda img: counted(img, fail_at=9)   # batch 9 = the first of shard 2
+    assert sharded.shard_size(job.N_TRAIN, job.BATCH) == job.BATCH   # 20 shards of one batch: 40 < 64 x 2
+    backbone.forward = lambda img: counted(img, fail_at=9)   # stops in the 9th shard
     with pytest.raises(KeyboardInterrupt):
         sharded.cached_features(backbone, data, batch_size=job.BATCH)
     folder = sharded.shards_folder(expected.key, "features")
-    assert [p.name for p in folder.glob("*.pt")] == ["000000000-000000016.pt"]
+    assert sorted(p.name for p in folder.glob("*.pt")) == [f"{i:09d}-{i + 2:09d}.pt" for i in range(0, 16, 2)]
     calls.clear()
     backbone.forward = counted
     got = sharded.cached_features(backbone, data, batch_size=job.BATCH)
