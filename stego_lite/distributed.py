@@ -17,12 +17,11 @@ checkpoint, extraction from its finished shards. Rank 0 alone writes checkpoints
 cache folder must therefore be one that every node sees.
 
 What each stage splits, and how it stays equal to one process: `sharded` (feature extraction and KNN
-lists), `train.train` (DDP, `data_parallel`), `evaluate.evaluate` (confusion matrices summed).
+lists), `ddp` (training), `evaluate.evaluate` (confusion matrices summed).
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import json
 import os
@@ -33,7 +32,7 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor
 
 from stego_lite import cache
 
@@ -239,6 +238,15 @@ def row_range(n: int, block: int, of_rank: int | None = None) -> tuple[int, int]
     return min(first * block, n), min(last * block, n)
 
 
+def all_gather_equal(t: Tensor, what: str = "gathering rows") -> Tensor:
+    """Every rank's `t` (the same shape on each), concatenated along the first axis in rank order."""
+    if not active():
+        return t
+    parts = [torch.empty_like(t) for _ in range(world_size())]
+    _collective(what, lambda: dist.all_gather(parts, t.contiguous()))
+    return torch.cat(parts)
+
+
 def all_gather_rows(mine: Tensor, n: int, block: int, what: str = "gathering rows") -> Tensor:
     """Every rank's rows `row_range(n, block)` (its `mine`), concatenated in order: -> (n, ...) on every rank.
 
@@ -326,121 +334,3 @@ def load_or_compute(path: Path, spec: Any, compute: Callable[[], T], *, version:
         raise OSError(f"rank {rank()} cannot read {path}, which rank 0 wrote: every rank must see the same "
                       "cache folder (put $STEGO_LITE_CACHE on a file system that every node mounts)")
     return value
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Training: DDP over the head and probes, every rank computing its rows of each global batch
-
-
-def data_parallel(head: nn.Module, probes: Mapping[str, nn.Module], config, source, start_step: int):
-    """What `train.train` swaps in under torchrun: (next-batch function, the head the step runs).
-
-    `config.batch_size` is the global batch; each rank computes batch_size / world_size of its images. The
-    data order, positives, dropout masks, sampled points and random partners are drawn for the whole
-    batch on every rank from the same seeded generators, so the run is that of one process with the
-    global batch (the same checkpoints, resumable with any number of ranks).
-    """
-    world = world_size()
-    if config.batch_size % world:
-        raise ValueError(f"batch_size {config.batch_size} is the global batch and must be a multiple of the "
-                         f"{world} ranks (each computes batch_size / {world} images of every batch)")
-    check_same({"config": dataclasses.asdict(config), "data": source.key, "start_iteration": start_step,
-                "probes": {k: repr(v) for k, v in probes.items()}},
-               "training (a different start_iteration: is the run folder shared by every rank?)")
-    return next_global_batch, RowsHead(head, probes)
-
-
-def next_global_batch(source, batches, config, device: torch.device):
-    """The next global batch, of which this rank loads its rows and gathers the others' (no gradient)."""
-    from stego_lite.knn import sample_positives
-    from stego_lite.sources import Batch
-
-    indices = batches.next()
-    positives = sample_positives(source.nns, indices, num_neighbors=config.num_neighbors,
-                                 generator=batches.generator)
-    lo, hi = _batch_rows(len(indices))
-    mine = source.batch(indices[lo:hi], positives[lo:hi], device)
-    parts = [mine.feats, mine.feats_pos] + ([mine.label] if mine.label is not None else [])
-    gathered = [_gather_equal(t, "gathering the batch") for t in parts]
-    return Batch(gathered[0], gathered[1], gathered[2] if mine.label is not None else None)
-
-
-def _batch_rows(batch: int) -> tuple[int, int]:
-    per_rank = batch // world_size()
-    return rank() * per_rank, (rank() + 1) * per_rank
-
-
-def _gather_equal(t: Tensor, what: str) -> Tensor:
-    parts = [torch.empty_like(t) for _ in range(world_size())]
-    _collective(what, lambda: dist.all_gather(parts, t.contiguous()))
-    return torch.cat(parts)
-
-
-class RowsHead(nn.Module):
-    """The head of a whole global batch as the training step sees it, computed rank by rank under DDP.
-
-    `forward(feats)` (B, C, h, w) runs the DDP-wrapped head on this rank's rows only, with the channel-
-    dropout masks that one process draws for all B images, and gathers the codes of every rank: ->
-    (B, D, h, w). The gradient of a code flows back to the rank that computed it (times world_size,
-    which DDP's averaging divides out), so the head's gradient is the one-process gradient. The probes
-    sit inside the same DDP module; their losses, on the gathered codes, are the same on every rank.
-    """
-
-    def __init__(self, head: nn.Module, probes: Mapping[str, nn.Module]) -> None:
-        super().__init__()
-        from torch.nn.parallel import DistributedDataParallel
-
-        self.head = head
-        param = next(head.parameters())
-        ids = [param.device.index] if param.device.type == "cuda" else None
-        self.ddp = DistributedDataParallel(_HeadAndProbes(head, probes), device_ids=ids)
-
-    def forward(self, feats: Tensor) -> Tensor:
-        lo, hi = _batch_rows(feats.shape[0])
-        return _GatherRows.apply(self.ddp(feats[lo:hi], feats.shape[0], lo))
-
-    def loss_features(self, feats: Tensor) -> Tensor:
-        return self.head.loss_features(feats)
-
-
-class _HeadAndProbes(nn.Module):
-    def __init__(self, head: nn.Module, probes: Mapping[str, nn.Module]) -> None:
-        super().__init__()
-        self.head, self.probes = head, nn.ModuleDict(dict(probes))
-
-    def forward(self, feats: Tensor, batch: int, first_row: int) -> Tensor:
-        original = self.head.dropout
-        self.head.dropout = _BatchRowsDropout(original.p, batch, first_row).train(original.training)
-        try:
-            return self.head(feats)
-        finally:
-            self.head.dropout = original
-
-
-class _BatchRowsDropout(nn.Module):
-    """Channel dropout of rows [first, first + b) of a batch of `batch` maps: the mask is drawn for the
-    whole batch, exactly as `nn.Dropout2d` draws it (bernoulli(1 - p) / (1 - p) per map and channel)."""
-
-    def __init__(self, p: float, batch: int, first: int) -> None:
-        super().__init__()
-        self.p, self.batch, self.first = p, batch, first
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0:
-            return x
-        mask = torch.empty((self.batch, x.shape[1]) + (1,) * (x.ndim - 2), dtype=x.dtype, device=x.device)
-        mask.bernoulli_(1 - self.p).div_(1 - self.p)
-        return x * mask[self.first:self.first + x.shape[0]]
-
-
-class _GatherRows(torch.autograd.Function):
-    """All-gather of equal row blocks; backward keeps this rank's block, times world_size (see RowsHead)."""
-
-    @staticmethod
-    def forward(ctx, rows: Tensor) -> Tensor:
-        ctx.lo, ctx.hi = rank() * rows.shape[0], (rank() + 1) * rows.shape[0]
-        return _gather_equal(rows, "gathering the codes")
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        return grad[ctx.lo:ctx.hi] * world_size()

@@ -17,8 +17,8 @@ from the checkpoint and gives bit-identical parameters to an uninterrupted run; 
 at once, which is how the book reuses trained heads, and a larger `steps` extends it (nothing in the
 loop depends on the total: there is no learning-rate schedule).
 
-Under torchrun (`stego_lite.distributed`) the head and probes train under DDP: `batch_size` is the global
-batch, each rank computes its rows of it, and the run equals the one-process run with that batch.
+Under torchrun (`stego_lite.ddp`) the head and probes train under DDP: `batch_size` is the global batch,
+each rank computes its rows of it, and the run equals the one-process run with that batch.
 """
 from __future__ import annotations
 
@@ -163,8 +163,9 @@ def train(config: TrainConfig, source: Source, *, probes: Mapping[str, nn.Module
         if run_dir is not None and (Path(run_dir) / CHECKPOINT).is_file():
             loop.load(Path(run_dir) / CHECKPOINT)
         if distributed.world_size() > 1:   # torchrun: DDP, each rank computing its rows of every batch
-            loop.next_batch, loop.model = distributed.data_parallel(loop.head, probes, config, source,
-                                                                    loop.step)
+            from stego_lite.ddp import data_parallel
+
+            loop.next_batch, loop.model = data_parallel(loop.head, probes, config, source, loop.step)
         writes = run_dir is not None and distributed.is_main()   # rank 0 alone writes the run folder
         end = min(config.steps, stop_at) if stop_at is not None else config.steps
         bar = progress_bar(enabled=progress, total=config.steps, initial=loop.step, desc="training head",
@@ -235,7 +236,7 @@ class _Loop:
         self.generator = torch.Generator().manual_seed(config.seed)  # on the CPU: same draws on any device
         self.batches = EpochOrder(len(source), config.batch_size, self.generator)
         self.step, self.seconds, self.history = 0, 0.0, []
-        self.next_batch, self.model = next_batch, head   # what `distributed.data_parallel` replaces
+        self.next_batch, self.model = next_batch, head   # what `ddp.data_parallel` replaces
 
     def iteration(self) -> dict[str, float]:
         """One training iteration on the next batch of the epoch's shuffled order; appends to the history."""

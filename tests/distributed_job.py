@@ -18,10 +18,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from stego_lite import distributed, env, evaluate, features, knn
+from stego_lite import distributed, env, features, knn
 from stego_lite import train as T
 from stego_lite.backbone import Backbone
-from stego_lite.model import StegoModel, stego_probes
 from stego_lite.sources import FeatureSource
 
 N_TRAIN, N_VAL, SIZE, CLASSES = 40, 12, 16, ("sky", "grass", "road")
@@ -81,6 +80,9 @@ def source(slow: bool = False) -> FeatureSource:
 
 
 def stages() -> dict:
+    from stego_lite import evaluate   # imported here: scipy's import slows every rank's start
+    from stego_lite.model import StegoModel, stego_probes
+
     backbone, data = TinyBackbone(), Images(N_TRAIN, "train")
     src = source()
     nns_images = knn.nearest_neighbors(backbone, data, k=6, batch_size=BATCH, chunk_size=8)
