@@ -58,7 +58,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                        help="a name from stego_lite.profiles.PRESETS: synthstuff (offline), cocostuff27, "
                             "cityscapes, potsdam")
     train.add_argument("--steps", type=int, help="iterations (default: the preset's)")
-    train.add_argument("--batch-size", type=int, help="default: the preset's")
+    train.add_argument("--batch-size", type=int, help="global batch under torchrun (default: the preset's)")
     train.add_argument("--dim", type=int, help="code dimension D (default: the preset's)")
     train.add_argument("--head", choices=["linear", "nonlinear"], default="nonlinear")
     train.add_argument("--seed", type=int, default=0)
