@@ -18,6 +18,8 @@ and has no side effects; `sl.viz`, `sl.backbone`, ... work as attributes.
     analysis      the mechanism studies (sweep, convergence)      published     papers' numbers, labelled
     cache         the keyed on-disk cache behind every cache      files         atomic writes, locks
     progress      the one progress bar                            env           devices, folders, seeds
+    distributed   torchrun's processes, settings check            sharded       extraction and KNN by rank
+    ddp           training over ranks (DDP)                       commands      the extract/evaluate commands
     viz           figures for the book
 """
 from __future__ import annotations
@@ -31,7 +33,7 @@ _SUBMODULES = (
     "analysis", "backbone", "checkpoints", "cluster_quality", "crf", "data", "env", "evaluate", "features",
     "head", "knn", "loss", "metrics", "inference", "model", "pretrain", "probes", "profiles", "published",
     "reducers", "released", "sources", "texture_bank", "token_probes", "train", "train_heads", "viz", "cache",
-    "files", "progress",
+    "files", "progress", "distributed", "sharded", "ddp", "commands",
 )
 
 

@@ -5,6 +5,10 @@
     synthstuff  generate the offline SynthStuff splits (default: the book's offline profile)
     train       train STEGO's head with a preset's settings (python -m stego_lite train --preset synthstuff)
     segment     segment a folder of images with a trained model into PNG masks and overlays
+    extract     cache a preset's frozen features and KNN lists (what train reads)
+    evaluate    score a model file on a preset's validation split
+
+train, extract and evaluate also run in N processes: torchrun --nproc-per-node N -m stego_lite train ...
 
 A mistake in the arguments or inputs (a missing folder, a damaged checkpoint, a value out of range) is
 reported in one line on stderr with exit status 2; `--debug` shows the traceback instead.
@@ -56,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--no-progress", action="store_true", help="no progress bar")
     _train_parser(sub, common)
     _segment_parser(sub, common)
+    from stego_lite import commands
+
+    commands.add_parsers(sub, common)
     return parser
 
 
@@ -66,7 +73,7 @@ def _train_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPars
                        help="a name from stego_lite.profiles.PRESETS: synthstuff (offline), cocostuff27, "
                             "cityscapes, potsdam")
     train.add_argument("--steps", type=int, help="iterations (default: the preset's)")
-    train.add_argument("--batch-size", type=int, help="default: the preset's")
+    train.add_argument("--batch-size", type=int, help="global batch under torchrun (default: the preset's)")
     train.add_argument("--dim", type=int, help="code dimension D (default: the preset's)")
     train.add_argument("--head", choices=["linear", "nonlinear"], default="nonlinear")
     train.add_argument("--seed", type=int, default=0)
@@ -133,7 +140,7 @@ def _segment_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPa
 def _train(args: argparse.Namespace) -> None:
     import dataclasses
 
-    from stego_lite import env, train
+    from stego_lite import distributed, env, train
     from stego_lite.backbone import load_backbone
     from stego_lite.profiles import get_preset
 
@@ -146,10 +153,12 @@ def _train(args: argparse.Namespace) -> None:
     config = preset.train_config(head_kind=args.head, seed=args.seed,
                                  **{k: v for k, v in given.items() if v is not None})
     _check_training_arguments(config, args)
-    device = _device(args.device) if args.device else env.default_device()
+    if args.device:
+        _device(args.device)   # a clear error for a device this machine does not have
+    device = distributed.device(args.device or env.default_device())   # under torchrun: this rank's GPU
     backbone = load_backbone(preset.backbone, weights=args.weights or preset.weights).to(device)
     dataset = preset.train_set()
-    progress = not args.no_progress
+    progress = not args.no_progress and distributed.is_main()
     source = preset.training_source(backbone, dataset, device=device, progress=progress)
     options = {"checkpoint_every": args.checkpoint_every, "device": device, "progress": progress}
     if args.probes:  # head and STEGO's two probes, in the run folder that evaluate.train_model reads back
@@ -159,6 +168,8 @@ def _train(args: argparse.Namespace) -> None:
     else:
         run_dir = args.run_dir or train.run_dir_for(config, source)
         result = train.train(config, source, run_dir=run_dir, **options)
+    if not distributed.is_main():   # rank 0 reports and writes the model file
+        return
     last = result.history[-1] if result.history else {}
     print(f"{args.preset}: {len(result.history)} iterations, loss {last.get('loss', float('nan')):.4f} "
           f"(self {last.get('self', float('nan')):.4f}, knn {last.get('knn', float('nan')):.4f}, "
@@ -320,10 +331,14 @@ def _synthstuff(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from stego_lite import commands as more
+    from stego_lite.distributed import launched
+
     commands = {"train": _train, "segment": _segment, "five-crop": _five_crop, "download": _download,
-                "synthstuff": _synthstuff}
+                "synthstuff": _synthstuff, "extract": more.extract, "evaluate": more.evaluate}
     try:
-        return commands[args.command](args) or 0
+        with launched(args.command, getattr(args, "device", None), sys.argv[1:] if argv is None else argv):
+            return commands[args.command](args) or 0
     except _user_errors() as err:
         if args.debug:
             raise

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from stego_lite import cache
+from stego_lite import cache, distributed
 from stego_lite.backbone import Backbone
 from stego_lite.env import cache_dir
 from stego_lite.files import save_torch_atomic
@@ -139,16 +139,26 @@ def cached_features(backbone: Backbone, dataset: Dataset, *, batch_size: int = 6
     feats (N, C, h, w) in the backbone's dtype, labels (N, H, W) int64. The file is memory-mapped on
     reading, so several processes share one copy in memory.
     """
+    if distributed.world_size() > 1:   # under torchrun: every rank extracts its shards (stego_lite.sharded)
+        from stego_lite import sharded
+
+        return sharded.cached_features(backbone, dataset, batch_size=batch_size, device=device,
+                                       num_workers=num_workers, progress=progress)
     key = feature_key(backbone, dataset)
     path = cache_path(key)
 
     def compute() -> dict[str, Any]:
         fs = extract_features(backbone, dataset, batch_size=batch_size, device=device,
                               num_workers=num_workers, progress=progress)
-        return {"feats": fs.feats.contiguous(), "labels": _compact_labels(fs.labels)}
+        return feature_record(fs.feats, fs.labels)
 
     data = load_or_compute(path, key, compute)
     return FeatureSet(data["feats"], data["labels"].long(), key)
+
+
+def feature_record(feats: Tensor, labels: Tensor) -> dict[str, Tensor]:
+    """What a feature cache file holds: the features as extracted, the labels in their smallest type."""
+    return {"feats": feats.contiguous(), "labels": _compact_labels(labels)}
 
 
 def _compact_labels(labels: Tensor) -> Tensor:

@@ -16,6 +16,9 @@ atomically) and `history.json` / `history.csv`. Calling `train` again with the s
 from the checkpoint and gives bit-identical parameters to an uninterrupted run; a finished run returns
 at once, which is how the book reuses trained heads, and a larger `steps` extends it (nothing in the
 loop depends on the total: there is no learning-rate schedule).
+
+Under torchrun (`stego_lite.ddp`) the head and probes train under DDP: `batch_size` is the global batch,
+each rank computes its rows of it, and the run equals the one-process run with that batch.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from stego_lite import distributed
 from stego_lite.cache import checksum, keyed_path
 from stego_lite.env import cache_dir
 from stego_lite.files import (
@@ -157,11 +161,16 @@ def train(config: TrainConfig, source: Source, *, probes: Mapping[str, nn.Module
         raise ValueError(f"batch_size must be between 2 (random partners) and the {len(source)} training "
                          f"images, got {config.batch_size}")
     probes = dict(probes or {})
-    with _run_lock(run_dir), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with _run_lock(run_dir if distributed.is_main() else None), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)  # the run's own RNG stream: initialisation, then dropout
         loop = _Loop(config, source, build_head(config, source.in_dim).to(device), probes, device)
         if run_dir is not None and (Path(run_dir) / CHECKPOINT).is_file():
             loop.load(Path(run_dir) / CHECKPOINT)
+        if distributed.world_size() > 1:   # torchrun: DDP, each rank computing its rows of every batch
+            from stego_lite.ddp import data_parallel
+
+            loop.next_batch, loop.model = data_parallel(loop.head, probes, config, source, loop.step)
+        writes = run_dir is not None and distributed.is_main()   # rank 0 alone writes the run folder
         end = min(config.steps, stop_at) if stop_at is not None else config.steps
         bar = progress_bar(enabled=progress, total=config.steps, initial=loop.step, desc="training head",
                            unit="it")
@@ -171,10 +180,10 @@ def train(config: TrainConfig, source: Source, *, probes: Mapping[str, nn.Module
                 metrics |= _validate(val_fn, loop.head, probes, loop.step)
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-            if run_dir is not None and checkpoint_every and loop.step % checkpoint_every == 0:
+            if writes and checkpoint_every and loop.step % checkpoint_every == 0:
                 loop.save(Path(run_dir))
         bar.close()
-        if run_dir is not None:
+        if writes:
             loop.save(Path(run_dir))
     return TrainResult(loop.head.eval(), probes, loop.history, Path(run_dir) if run_dir is not None else None)
 
@@ -245,12 +254,13 @@ class _Loop:
         self.generator = torch.Generator().manual_seed(config.seed)  # on the CPU: same draws on any device
         self.batches = EpochOrder(len(source), config.batch_size, self.generator)
         self.step, self.seconds, self.history = 0, 0.0, []
+        self.next_batch, self.model = next_batch, head   # what `ddp.data_parallel` replaces
 
     def iteration(self) -> dict[str, float]:
         """One training iteration on the next batch of the epoch's shuffled order; appends to the history."""
         start = time.perf_counter()
-        batch = next_batch(self.source, self.batches, self.config, self.device)
-        metrics = train_step(self.head, batch, self.config, self.optimizers, probes=self.probes,
+        batch = self.next_batch(self.source, self.batches, self.config, self.device)
+        metrics = train_step(self.model, batch, self.config, self.optimizers, probes=self.probes,
                              generator=self.generator, step=self.step + 1)
         self.step += 1
         self.seconds += time.perf_counter() - start
