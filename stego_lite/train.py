@@ -161,7 +161,8 @@ def train(config: TrainConfig, source: Source, *, probes: Mapping[str, nn.Module
         raise ValueError(f"batch_size must be between 2 (random partners) and the {len(source)} training "
                          f"images, got {config.batch_size}")
     probes = dict(probes or {})
-    with _run_lock(run_dir if distributed.is_main() else None), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    lock = _run_lock(run_dir if distributed.is_main() else None)   # rank 0 speaks for a torchrun job
+    with lock, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)  # the run's own RNG stream: initialisation, then dropout
         loop = _Loop(config, source, build_head(config, source.in_dim).to(device), probes, device)
         if run_dir is not None and (Path(run_dir) / CHECKPOINT).is_file():
