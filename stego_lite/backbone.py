@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from stego_lite.checkpoints import (  # noqa: F401
     DOWNLOAD_TIMEOUT_S, cached_download, download_weights, load_strict, read_state_dict, state_mismatch,
 )
+from stego_lite.env import autocast
 
 _DINO_URL = "https://dl.fbaipublicfiles.com/dino"
 _DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2"
@@ -55,9 +56,12 @@ class Backbone(nn.Module):
     Subclasses call `super().__init__(name, patch_size, embed_dim)` and implement `forward` (checked images
     in, features out); `features` and `attention` are the public, checked, no-grad entry points. A backbone
     never trains: `train()` keeps it in eval mode, so a parent module's `.train()` leaves it alone.
+    On CUDA, `features` runs in bfloat16 autocast (`env.autocast`) and returns float32; a backbone whose
+    arithmetic needs full precision sets `mixed_precision = False`.
     """
 
     in_chans = 3
+    mixed_precision = True
 
     def __init__(self, name: str, patch_size: int, embed_dim: int) -> None:
         super().__init__()
@@ -69,8 +73,8 @@ class Backbone(nn.Module):
     def features(self, images: Tensor) -> Tensor:
         """Frozen patch features: (B, 3, H, W) float -> (B, C, H/p, W/p), without gradient."""
         img = self.check_images(images)
-        with torch.no_grad():
-            return self(img)
+        with torch.no_grad(), autocast(img.device, enabled=self.mixed_precision):
+            return self(img).float()
 
     def attention(self, images: Tensor) -> Tensor:
         """Last-layer CLS attention per head: (B, 3, H, W) -> (B, heads, H/p, W/p). ViTs only."""
@@ -277,8 +281,8 @@ class VisionTransformer(Backbone):
         """Last-layer attention of CLS to each patch, per head: (B, 3, H, W) -> (B, heads, H/p, W/p)."""
         img = self.check_images(images)
         B, _, H, W = img.shape
-        with torch.no_grad():
-            attn = self.last_self_attention(img)  # (B, heads, N, N)
+        with torch.no_grad(), autocast(img.device, enabled=self.mixed_precision):
+            attn = self.last_self_attention(img).float()  # (B, heads, N, N)
         cls_to_patches = attn[:, :, 0, self.num_prefix_tokens:]  # (B, heads, h*w)
         return cls_to_patches.reshape(B, self.num_heads, H // self.patch_size, W // self.patch_size)
 

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor
 
-from stego_lite.env import weights_dir
+from stego_lite.env import OFFLINE_ENV, offline, weights_dir
 
 if TYPE_CHECKING:
     from stego_lite.backbone import Backbone
@@ -52,6 +52,8 @@ def cached_download(url: str, *, cache_dir: str | os.PathLike | None, progress: 
     if path.is_file():
         return path
     try:
+        if offline():
+            raise OSError(f"${OFFLINE_ENV} is set, so nothing is downloaded")
         folder.mkdir(parents=True, exist_ok=True)
         with _socket_timeout(DOWNLOAD_TIMEOUT_S):
             torch.hub.download_url_to_file(url, str(path), progress=progress)

@@ -81,10 +81,13 @@ class StegoModel:
     @torch.no_grad()
     def code(self, img: Tensor, *, flip_tta: bool = False) -> Tensor:
         """The head's code: (B, 3, H, W) -> (B, D, H/p, W/p), averaged over a horizontal flip if asked."""
-        code = self.head(self.backbone.features(img))
-        if flip_tta:
-            flipped = self.head(self.backbone.features(img.flip(-1)))
-            code = (code + flipped.flip(-1)) / 2
+        from stego_lite.env import autocast
+
+        with autocast(img.device):   # bfloat16 on CUDA (the one switch), nothing elsewhere
+            code = self.head(self.backbone.features(img)).float()
+            if flip_tta:
+                flipped = self.head(self.backbone.features(img.flip(-1))).float()
+                code = (code + flipped.flip(-1)) / 2
         return code
 
     @torch.no_grad()

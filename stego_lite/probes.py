@@ -100,25 +100,57 @@ class KMeansResult:
     restarts: list[dict] = field(default_factory=list)          # inertia / n_iter / converged of each restart
 
 
-def _costs(xb: Tensor, centroids: Tensor, metric: str) -> Tensor:
-    """Cost of every row against every centroid: (n, D), (K, D) -> (n, K), from one matrix product."""
-    dots = xb @ centroids.T
-    if metric == "cosine":
-        return (1.0 - dots).clamp_min(0)
-    return ((xb * xb).sum(1, keepdim=True) - 2 * dots + (centroids * centroids).sum(1)).clamp_min(0)
+class _Rows:
+    """The rows that k-means clusters, with what every assignment step reuses (their squared norms).
+
+    Costs are computed chunk by chunk (`chunk` rows: one matrix product each, so memory is chunk x K, never
+    N x K x D), then turned into costs and minimised in blocks of `block` rows that stay in the CPU's cache.
+    The arithmetic is exactly that of the plain formulas (|x|^2 - 2 x.c + |c|^2, or 1 - x.c, clamped at 0),
+    done in place: no N x K temporaries.
+    """
+
+    block = 4096
+
+    def __init__(self, x: Tensor, metric: str, chunk: int) -> None:
+        self.x, self.metric, self.chunk = x, metric, chunk
+        self.squares = (x * x).sum(1, keepdim=True) if metric == "euclidean" else None   # (N, 1)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def chunks(self) -> range:
+        return range(0, len(self.x), self.chunk)
+
+    def costs(self, start: int, centroids: Tensor, out: Tensor) -> Tensor:
+        """Costs of rows start.. (as many as `out` has rows) against `centroids` (K, D), into out (n, K)."""
+        torch.mm(self.x[start:start + len(out)], centroids.T, out=out)
+        squares = (centroids * centroids).sum(1) if self.metric == "euclidean" else None
+        for b in range(0, len(out), self.block):
+            part = out[b:b + self.block]
+            if squares is None:
+                part.neg_().add_(1.0).clamp_min_(0)                      # 1 - x.c
+            else:
+                rows = self.squares[start + b:start + b + len(part)]
+                part.mul_(-2).add_(rows).add_(squares).clamp_min_(0)   # |x|^2 - 2 x.c + |c|^2
+        return out
+
+    def nearest(self, centroids: Tensor) -> tuple[Tensor, Tensor]:
+        """Nearest centroid of every row and its cost: (K, D) -> (N,) int64, (N,)."""
+        N = len(self.x)
+        labels = torch.empty(N, dtype=torch.int64, device=self.x.device)
+        costs = torch.empty(N, dtype=self.x.dtype, device=self.x.device)
+        buffer = self.x.new_empty(min(self.chunk, N), len(centroids))
+        for start in self.chunks():
+            cost = self.costs(start, centroids, buffer[:min(self.chunk, N - start)])
+            for b in range(0, len(cost), self.block):
+                rows = slice(start + b, start + min(b + self.block, len(cost)))
+                torch.min(cost[b:b + self.block], dim=1, out=(costs[rows], labels[rows]))
+        return labels, costs
 
 
 def _nearest(x: Tensor, centroids: Tensor, metric: str, chunk: int) -> tuple[Tensor, Tensor]:
-    """Nearest centroid of every row and its cost, in row chunks: (N, D), (K, D) -> (N,), (N,).
-
-    Memory is chunk x K per step, never an N x K x D tensor.
-    """
-    labels = torch.empty(len(x), dtype=torch.int64)
-    costs = torch.empty(len(x), dtype=x.dtype)
-    for start in range(0, len(x), chunk):
-        cost, idx = _costs(x[start:start + chunk], centroids, metric).min(dim=1)
-        labels[start:start + chunk], costs[start:start + chunk] = idx, cost
-    return labels, costs
+    """Nearest centroid of every row of x (N, D) and its cost: -> (N,), (N,) (see `_Rows`)."""
+    return _Rows(x, metric, chunk).nearest(centroids)
 
 
 def _centroids(x: Tensor, labels: Tensor, old: Tensor, metric: str) -> Tensor:
@@ -130,23 +162,28 @@ def _centroids(x: Tensor, labels: Tensor, old: Tensor, metric: str) -> Tensor:
     return F.normalize(new, dim=1) if metric == "cosine" else new
 
 
-def _kmeans_plus_plus(x: Tensor, k: int, metric: str, generator: torch.Generator, chunk: int) -> Tensor:
+def _kmeans_plus_plus(x: Tensor | _Rows, k: int, metric: str, generator: torch.Generator,
+                      chunk: int) -> Tensor:
     """Greedy k-means++ seeding (scikit-learn's): each next centroid is the best of 2 + log(k)
-    candidates drawn with probability proportional to their current cost."""
+    candidates drawn with probability proportional to their current cost. Draws come from the CPU
+    `generator` whatever the device, so a GPU run seeds as a CPU run does."""
+    rows = x if isinstance(x, _Rows) else _Rows(x, metric, chunk)
+    x = rows.x
     trials = 2 + int(math.log(k))
     centroids = x[torch.randint(len(x), (1,), generator=generator)]
-    _, cost = _nearest(x, centroids, metric, chunk)
+    _, cost = rows.nearest(centroids)
     for _ in range(1, k):
-        weights = cost.double()
+        weights = cost.double().cpu()
         candidates = (torch.multinomial(weights, trials, replacement=True, generator=generator)
                       if weights.sum() > 0 else torch.randint(len(x), (trials,), generator=generator))
         # cost of every row if each candidate were added: (N, trials), built chunk by chunk
-        with_candidate = torch.cat([torch.minimum(cost[s:s + chunk, None], _costs(x[s:s + chunk], x[candidates],
-                                                                                   metric))
-                                    for s in range(0, len(x), chunk)])
+        with_candidate, points = x.new_empty(len(x), trials), x[candidates.to(x.device)]
+        for start in rows.chunks():
+            part = rows.costs(start, points, with_candidate[start:start + rows.chunk])
+            torch.minimum(cost[start:start + len(part), None], part, out=part)
         best = with_candidate.sum(0).argmin()
         centroids = torch.cat([centroids, x[candidates[best]][None]])
-        cost = with_candidate[:, best]
+        cost = with_candidate[:, best].clone()
     return centroids
 
 
@@ -164,31 +201,33 @@ def kmeans(x: Tensor, k: int, *, metric: str = "euclidean", n_init: int = 3, max
         raise ValueError(f"unknown metric {metric!r}; choose 'euclidean' or 'cosine'")
     if x.ndim != 2 or len(x) < k:
         raise ValueError(f"need an (N, D) tensor with N >= k={k}, got shape {tuple(x.shape)}")
-    x = x.detach().float().cpu()
+    x = x.detach().float()
+    x = x if x.is_cuda else x.cpu()   # on a GPU the same torch code runs there
     if metric == "cosine":
         x = F.normalize(x, dim=1)
+    rows = _Rows(x, metric, chunk)
     threshold = tol * x.var(dim=0).mean().item()
     generator = torch.Generator().manual_seed(seed)
     best: KMeansResult | None = None
     restarts = []
     for _ in range(n_init):
-        centroids = _kmeans_plus_plus(x, k, metric, generator, chunk)
+        centroids = _kmeans_plus_plus(rows, k, metric, generator, chunk)
         history, converged, n_iter = [], False, 0
         for n_iter in range(1, max_iter + 1):
-            labels, cost = _nearest(x, centroids, metric, chunk)
+            labels, cost = rows.nearest(centroids)
             history.append(cost.sum().item())
             if on_iteration is not None:
-                on_iteration(n_iter, labels)
+                on_iteration(n_iter, labels.cpu())
             new = _centroids(x, labels, centroids, metric)
             shift = ((new - centroids) ** 2).sum().item()
             centroids = new
             if shift <= threshold:
                 converged = True
                 break
-        labels, cost = _nearest(x, centroids, metric, chunk)
+        labels, cost = rows.nearest(centroids)
         inertia = cost.sum().item()
         restarts.append({"inertia": inertia, "n_iter": n_iter, "converged": converged})
         if best is None or inertia < best.inertia:
-            best = KMeansResult(centroids, labels, inertia, n_iter, converged, history)
+            best = KMeansResult(centroids.cpu(), labels.cpu(), inertia, n_iter, converged, history)
     best.restarts = restarts
     return best

@@ -1,6 +1,6 @@
 """What differs between settings, in one place: presets (data + training) and profiles (a chapter's setting).
 
-    p = get_profile(profile)                   # "offline" | "paper", from the notebook parameters
+    p = get_profile(profile, scale=scale)      # "offline" | "paper"; "full" | "smoke": notebook parameters
     backbone = p.load_backbone(device)         # the backbone and its weights source
     train_set, val_set = p.train_set(), p.val_set()
     source = p.training_source(backbone, device=device)   # cached features or the backbone per batch
@@ -18,6 +18,11 @@ one `register_profile(Profile(...))` call; a new dataset is one `DataSpec` insid
 in for DINO. `paper` is STEGO's COCO-Stuff-27 setting: official DINO ViT-B/8 weights and the real data
 (prepared in STEGO's layout under $STEGO_LITE_DATA; the five-crop training set is made with
 `python -m stego_lite five-crop cocostuff27`).
+
+A `Scale` shrinks a profile for a quick run (`get_profile("paper", scale="smoke")`, or `p.scaled("smoke")`):
+fewer and smaller images, fewer iterations, a shorter D grid, and nothing else, so that every code path of
+the profile runs, only smaller. CI runs every chapter with the paper profile's smoke scale on a miniature
+copy of STEGO's data on the CPU (tools/paper_world.py).
 """
 from __future__ import annotations
 
@@ -49,6 +54,9 @@ class DataSpec(Protocol):
 
     def split(self, split: str) -> Dataset: ...
 
+    def resized(self, train_res: int, eval_res: int, train_images: int | None,
+                val_images: int | None) -> DataSpec: ...
+
 
 @dataclass(frozen=True)
 class SynthStuffData:
@@ -75,6 +83,14 @@ class SynthStuffData:
     def split(self, split: str) -> Dataset:
         return self.resolved().dataset(split, root=self.root)
 
+    def resized(self, train_res: int, eval_res: int, train_images: int | None,
+                val_images: int | None) -> SynthStuffData:
+        """Smaller generated images (one size for both splits: `train_res`) and fewer of them."""
+        config = self.resolved()
+        config = dataclasses.replace(config, image_size=train_res, n_train=train_images or config.n_train,
+                                     n_val=val_images or config.n_val)
+        return dataclasses.replace(self, config=config)
+
 
 @dataclass(frozen=True)
 class StegoData:
@@ -85,6 +101,8 @@ class StegoData:
     train_res: int = 224
     eval_res: int = 320          # STEGO evaluates at 320 px
     root: str | None = None      # the data root (default: $STEGO_LITE_DATA)
+    train_images: int | None = None   # read only the first N images of the split (None: all)
+    val_images: int | None = None
 
     def split(self, split: str) -> Dataset:
         from stego_lite import data
@@ -92,8 +110,16 @@ class StegoData:
         res = self.train_res if split == "train" else self.eval_res
         transform = data.SegTransform(res)
         if split == "train" and self.five_crop:
-            return data.FiveCropDataset(self.name, "train", root=self.root, transform=transform)
-        return data.DATASETS[self.name](root=self.root, split=split, transform=transform)
+            dataset = data.FiveCropDataset(self.name, "train", root=self.root, transform=transform)
+        else:
+            dataset = data.DATASETS[self.name](root=self.root, split=split, transform=transform)
+        limit = self.train_images if split == "train" else self.val_images
+        return dataset if limit is None else data.FirstImages(dataset, limit)
+
+    def resized(self, train_res: int, eval_res: int, train_images: int | None,
+                val_images: int | None) -> StegoData:
+        return dataclasses.replace(self, train_res=train_res, eval_res=eval_res, train_images=train_images,
+                                   val_images=val_images)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -244,6 +270,39 @@ class SweepConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Scales: the same profile, smaller
+
+# The sweep settings a scale may shrink: sizes only (grid, budgets, samples), never the method.
+SWEEP_SIZES = frozenset({"dims", "head_steps", "head_batch", "fit_images", "tokens_per_image",
+                         "convergence_tokens", "convergence_dims", "distinct_tokens"})
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A smaller run of a profile: fewer and smaller images, fewer iterations, a shorter D grid.
+
+    Nothing else changes (backbone, weights, data layout, loss, learning rates, probes), so a scaled run
+    goes through every code path of the full one. `sweep` holds the `SweepConfig` sizes to replace
+    (only the fields in SWEEP_SIZES).
+    """
+
+    name: str
+    train_res: int
+    eval_res: int
+    train_images: int | None     # the first N training images (None: all)
+    val_images: int | None
+    steps: int                   # training iterations
+    batch_size: int
+    sweep: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        other = set(self.sweep) - SWEEP_SIZES
+        if other:
+            raise ValueError(f"scale {self.name!r}: a scale changes only sizes; {sorted(other)} are not "
+                             f"among the sweep's sizes {sorted(SWEEP_SIZES)}")
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Profiles
 
 
@@ -257,6 +316,8 @@ class Profile:
     needs: str                     # what a reader needs to run it
     photos_in_domain: bool         # photos are the kind of image the model was trained on
     released: str | None = None    # a released STEGO checkpoint the chapters may use instead of training
+    scales: tuple[Scale, ...] = ()  # smaller runs of this profile, by name (see `scaled`)
+    scale: str = "full"            # which size this is
 
     # what the chapters print and use, read from the preset
     backbone = property(lambda self: self.preset.backbone)
@@ -286,6 +347,22 @@ class Profile:
     def sweep_config(self, **overrides: Any) -> SweepConfig:
         """The mechanism sweep's settings, then `overrides` (e.g. seeds=(0, 1, 2))."""
         return dataclasses.replace(self.sweep, **overrides)
+
+    def scaled(self, scale: str) -> Profile:
+        """This profile at another size: "full" (itself) or one of its `scales` (e.g. "smoke")."""
+        if scale == self.scale:
+            return self
+        if self.scale != "full":
+            raise ValueError(f"profile {self.name!r} is already scaled to {self.scale!r}; scale the full one")
+        found = {s.name: s for s in self.scales}
+        if scale not in found:
+            raise ValueError(f"profile {self.name!r} has no scale {scale!r}; choose one of "
+                             f"{['full', *found]}")
+        s = found[scale]
+        data = self.preset.data.resized(s.train_res, s.eval_res, s.train_images, s.val_images)
+        preset = dataclasses.replace(self.preset, data=data, steps=s.steps, batch_size=s.batch_size)
+        return dataclasses.replace(self, preset=preset, sweep=dataclasses.replace(self.sweep, **s.sweep),
+                                   scale=scale)
 
 
 PROFILES: dict[str, Profile] = {}
@@ -317,12 +394,19 @@ register_profile(Profile(
     # of each).
     sweep=SweepConfig(dims=(3, 6, 12, 24, 48, 96, 192, 384, 768), seeds=(0, 1, 2), loss_preset="cocostuff27",
                       head_steps=7000, head_batch=32, head_lr=5e-4, fit_images=5000, tokens_per_image=40,
-                      convergence_tokens=50_000, distinct_tokens=3000)))
+                      convergence_tokens=50_000, distinct_tokens=3000),
+    # "smoke": every paper code path on the CPU in minutes (CI runs it on a miniature world): 32-px images
+    # (a 4 x 4 patch grid), the 512 training crops chapter 1 draws from and 32 validation images (the KNN
+    # lists keep 30 neighbours), a few iterations of batch 8, and D = 3 and 24 (chapter 5 looks at D = 24).
+    scales=(Scale("smoke", train_res=32, eval_res=32, train_images=512, val_images=32, steps=4, batch_size=8,
+                  sweep={"dims": (3, 24), "head_steps": 4, "head_batch": 8, "fit_images": 32,
+                         "tokens_per_image": 8, "convergence_tokens": 400, "distinct_tokens": 300}),)))
 
 
-def get_profile(name: str) -> Profile:
-    """The named profile; a clear error for anything else."""
+def get_profile(name: str, scale: str = "full") -> Profile:
+    """The named profile at the named size ("full" or one of its `scales`); a clear error otherwise."""
     try:
-        return PROFILES[name]
+        profile = PROFILES[name]
     except KeyError:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}") from None
+    return profile.scaled(scale)

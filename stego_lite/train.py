@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 
 from stego_lite import distributed
 from stego_lite.cache import checksum, keyed_path
-from stego_lite.env import cache_dir
+from stego_lite.env import autocast, cache_dir
 from stego_lite.files import (
     file_lock, remove_stale_temporaries, save_torch_atomic, write_atomic, write_json_atomic,
 )
@@ -115,7 +115,8 @@ def train_step(head: SegmentationHead, batch: Batch, config: TrainConfig,
     Returns the loss, its three (unweighted) terms, the mean S of each term and each probe's loss.
     """
     head.train()
-    code, code_pos = head(batch.feats), head(batch.feats_pos)  # (B, D, h, w)
+    with autocast(batch.feats.device):   # bfloat16 on CUDA; the loss and the probes read float32
+        code, code_pos = head(batch.feats).float(), head(batch.feats_pos).float()  # (B, D, h, w)
     terms = stego_loss(head.loss_features(batch.feats), code, head.loss_features(batch.feats_pos), code_pos,
                        config.loss, generator=generator)
     probe_losses = {name: probe.loss(code.detach(), batch.label) for name, probe in (probes or {}).items()}

@@ -369,6 +369,16 @@ def test_unreachable_url_names_url_cache_path_and_file(monkeypatch, tmp_path):
     assert str(tmp_path / "torch" / "hub" / "checkpoints" / VITS16_FILE) in message
 
 
+def test_offline_switch_fails_at_once_without_trying_the_network(monkeypatch, tmp_path):
+    """$STEGO_LITE_OFFLINE (CI's miniature paper world): a missing file is the usual clear error, no download."""
+    monkeypatch.setenv("STEGO_LITE_OFFLINE", "1")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("tried to download"))
+    with pytest.raises(ConnectionError) as caught:
+        load_backbone("dino_vits16", cache_dir=tmp_path, progress=False)
+    message = str(caught.value)
+    assert "STEGO_LITE_OFFLINE is set" in message and str(tmp_path / VITS16_FILE) in message
+
+
 def test_silent_server_times_out(monkeypatch, tmp_path):
     """A server that accepts the connection but never answers: torch.hub alone would wait forever."""
     monkeypatch.setattr(checkpoints, "DOWNLOAD_TIMEOUT_S", 0.5)

@@ -53,6 +53,30 @@ def test_kmeans_reports_non_convergence_and_history() -> None:
     assert seen == [1, 2] and len(result.inertia_history) == 2
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_kmeans_assignment_in_chunks_and_blocks_is_the_plain_formula(metric, monkeypatch) -> None:
+    """Row chunks (one matrix product each) and cache-sized blocks, in place: bit for bit the plain costs."""
+    from stego_lite import probes
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(333, 12, generator=g)
+    x = F.normalize(x, dim=1) if metric == "cosine" else x
+    centroids = torch.randn(5, 12, generator=g)
+    centroids = F.normalize(centroids, dim=1) if metric == "cosine" else centroids
+    monkeypatch.setattr(probes._Rows, "block", 7)
+    labels, costs = probes._Rows(x, metric, chunk=50).nearest(centroids)
+    dots = x @ centroids.T
+    plain = ((1.0 - dots) if metric == "cosine"
+             else (x * x).sum(1, keepdim=True) - 2 * dots + (centroids * centroids).sum(1)).clamp_min(0)
+    assert torch.equal(costs, plain.min(dim=1).values) and torch.equal(labels, plain.argmin(dim=1))
+    # and the nearest centroid it is (distances computed another way)
+    other = torch.cdist(x.double(), centroids.double()).argmin(dim=1)
+    assert (labels == other).float().mean() == 1.0
+    # the whole fit does not depend on how the rows are chunked
+    one, many = kmeans(x, 5, metric=metric, seed=1), kmeans(x, 5, metric=metric, seed=1, chunk=64)
+    assert torch.equal(one.labels, many.labels) and one.n_iter == many.n_iter
+
+
 def test_kmeans_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="unknown metric"):
         kmeans(torch.randn(10, 2), 2, metric="manhattan")

@@ -16,7 +16,7 @@ Modules: `transforms` (STEGO's resize/crop/normalise), `scenes` (the SynthStuff 
 """
 from __future__ import annotations
 
-from .base import IGNORE_INDEX, LAYOUTS, DatasetNotFoundError, SegDataset, pascal_palette
+from .base import IGNORE_INDEX, LAYOUTS, DatasetNotFoundError, FirstImages, SegDataset, pascal_palette
 from .classes import (
     CITYSCAPES27_CLASSES, COCO_FINE_TO_COARSE, COCOSTUFF27_CLASSES, POTSDAM3_CLASSES, POTSDAM_FINE_TO_COARSE,
 )
@@ -34,7 +34,8 @@ __all__ = [
     "CITYSCAPES27_CLASSES", "COCOSTUFF27_CLASSES", "COCO_FINE_TO_COARSE", "DATASETS", "GENERATOR_VERSION",
     "IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD", "LAYOUTS", "POTSDAM3_CLASSES", "POTSDAM_FINE_TO_COARSE",
     "PREPARED_ZIPS", "SYNTHSTUFF_OFFLINE", "Cityscapes27", "CocoStuff27", "DatasetNotFoundError",
-    "DownloadError", "FiveCropDataset", "ImageFolder", "Potsdam3", "SegDataset", "SegTransform",
+    "DownloadError", "FiveCropDataset", "FirstImages", "ImageFolder", "Potsdam3", "SegDataset",
+    "SegTransform",
     "SynthStuff", "SynthStuffConfig", "default_transform", "denormalize", "download_prepared", "five_crop",
     "five_crop_boxes", "generate_synthstuff", "normalize", "pascal_palette", "read_label", "read_rgb",
     "synthstuff_sample",
