@@ -10,7 +10,8 @@ and has no side effects; `sl.viz`, `sl.backbone`, ... work as attributes.
     features      a dataset's frozen features, cached             knn           nearest images (positives)
     sources       training batches: cached features or images     head          the segmentation head
     loss          the correlation loss                            train         the training loop
-    train_heads   heads of several sizes D trained together       probes        cluster/linear probes, k-means
+    train_heads   heads of several sizes D trained together       probes        cluster and linear probes
+    kmeans        batch k-means (k-means++, bounds), for analysis
     model         a trained model and its file                    evaluate      metrics with TTA and CRF
     metrics       confusion matrices, Hungarian matching          crf           dense CRF
     inference     segment your own images                         reducers      identity, PCA, RP, head
@@ -31,9 +32,9 @@ __version__ = "0.1.0"
 
 _SUBMODULES = (
     "analysis", "backbone", "checkpoints", "cluster_quality", "crf", "data", "env", "evaluate", "features",
-    "head", "knn", "loss", "metrics", "inference", "model", "pretrain", "probes", "profiles", "published",
-    "reducers", "released", "sources", "texture_bank", "token_probes", "train", "train_heads", "viz", "cache",
-    "files", "progress", "distributed", "sharded", "ddp", "commands",
+    "head", "kmeans", "knn", "loss", "metrics", "inference", "model", "pretrain", "probes", "profiles",
+    "published", "reducers", "released", "sources", "texture_bank", "token_probes", "train", "train_heads",
+    "viz", "cache", "files", "progress", "distributed", "sharded", "ddp", "commands",
 )
 
 

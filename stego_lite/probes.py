@@ -1,27 +1,24 @@
-"""Probes that read segmentations off a code map, and a batch k-means for analysis.
+"""Probes that read segmentations off a code map (and, re-exported from `stego_lite.kmeans`, a batch k-means).
 
 * `ClusterProbe`: STEGO's unsupervised probe, a spherical k-means whose centroids are trained by SGD
   on detached codes (reference §5.1). Its clusters are named by Hungarian matching (metrics.py).
 * `LinearProbe`: a 1x1 convolution trained with cross-entropy on the labels (reference §5.2). It is
   *supervised*: it measures how much class information the code holds, it is not part of STEGO.
-* `kmeans`: a full-batch k-means fit (k-means++, n_init, max_iter, tol) on an (N, D) tensor, cosine or
-  euclidean, reporting inertia, iterations and convergence: the mechanism chapters measure how k-means
-  behaves on each representation with it.
+* `kmeans` (module `stego_lite.kmeans`): a full-batch k-means fit (k-means++, n_init, max_iter, tol) on an
+  (N, D) tensor, cosine or euclidean, reporting inertia, iterations and convergence: the mechanism
+  chapters measure how k-means behaves on each representation with it.
 
 Both probes take codes (B, D, h, w) and expose `loss(code, label)`, so the training loop can train them
 beside the head; they detach the code themselves, so they never change the head.
 """
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stego_lite.data.base import IGNORE_INDEX
+from stego_lite.kmeans import KMeansResult, kmeans, kmeans_plus_plus  # noqa: F401 (kmeans re-exported)
 
 
 class ClusterProbe(nn.Module):
@@ -42,7 +39,7 @@ class ClusterProbe(nn.Module):
         """Seed the centroids by spherical k-means++ on the positions of `code` (B, D, h, w); returns self."""
         x = F.normalize(code.detach().permute(0, 2, 3, 1).reshape(-1, code.shape[1]).float().cpu(), dim=1)
         generator = torch.Generator().manual_seed(seed)
-        seeds = _kmeans_plus_plus(x, len(self.clusters), "cosine", generator, chunk=65536)
+        seeds = kmeans_plus_plus(x, len(self.clusters), "cosine", generator)
         self.clusters.copy_(seeds.to(self.clusters))
         return self
 
@@ -83,151 +80,3 @@ class LinearProbe(nn.Module):
     def predict(self, code: Tensor) -> Tensor:
         """Class ids: (B, D, h, w) -> (B, h, w) int64."""
         return self(code).argmax(dim=1)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Batch k-means for analysis
-
-
-@dataclass
-class KMeansResult:
-    centroids: Tensor            # (K, D); unit norm for metric="cosine"
-    labels: Tensor               # (N,) int64, the final assignment
-    inertia: float               # sum of squared distances (euclidean) or of 1 - cosine (cosine)
-    n_iter: int                  # Lloyd iterations run in the best restart
-    converged: bool              # whether the best restart met `tol` before `max_iter`
-    inertia_history: list[float] = field(default_factory=list)  # per iteration, best restart
-    restarts: list[dict] = field(default_factory=list)          # inertia / n_iter / converged of each restart
-
-
-class _Rows:
-    """The rows that k-means clusters, with what every assignment step reuses (their squared norms).
-
-    Costs are computed chunk by chunk (`chunk` rows: one matrix product each, so memory is chunk x K, never
-    N x K x D), then turned into costs and minimised in blocks of `block` rows that stay in the CPU's cache.
-    The arithmetic is exactly that of the plain formulas (|x|^2 - 2 x.c + |c|^2, or 1 - x.c, clamped at 0),
-    done in place: no N x K temporaries.
-    """
-
-    block = 4096
-
-    def __init__(self, x: Tensor, metric: str, chunk: int) -> None:
-        self.x, self.metric, self.chunk = x, metric, chunk
-        self.squares = (x * x).sum(1, keepdim=True) if metric == "euclidean" else None   # (N, 1)
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def chunks(self) -> range:
-        return range(0, len(self.x), self.chunk)
-
-    def costs(self, start: int, centroids: Tensor, out: Tensor) -> Tensor:
-        """Costs of rows start.. (as many as `out` has rows) against `centroids` (K, D), into out (n, K)."""
-        torch.mm(self.x[start:start + len(out)], centroids.T, out=out)
-        squares = (centroids * centroids).sum(1) if self.metric == "euclidean" else None
-        for b in range(0, len(out), self.block):
-            part = out[b:b + self.block]
-            if squares is None:
-                part.neg_().add_(1.0).clamp_min_(0)                      # 1 - x.c
-            else:
-                rows = self.squares[start + b:start + b + len(part)]
-                part.mul_(-2).add_(rows).add_(squares).clamp_min_(0)   # |x|^2 - 2 x.c + |c|^2
-        return out
-
-    def nearest(self, centroids: Tensor) -> tuple[Tensor, Tensor]:
-        """Nearest centroid of every row and its cost: (K, D) -> (N,) int64, (N,)."""
-        N = len(self.x)
-        labels = torch.empty(N, dtype=torch.int64, device=self.x.device)
-        costs = torch.empty(N, dtype=self.x.dtype, device=self.x.device)
-        buffer = self.x.new_empty(min(self.chunk, N), len(centroids))
-        for start in self.chunks():
-            cost = self.costs(start, centroids, buffer[:min(self.chunk, N - start)])
-            for b in range(0, len(cost), self.block):
-                rows = slice(start + b, start + min(b + self.block, len(cost)))
-                torch.min(cost[b:b + self.block], dim=1, out=(costs[rows], labels[rows]))
-        return labels, costs
-
-
-def _nearest(x: Tensor, centroids: Tensor, metric: str, chunk: int) -> tuple[Tensor, Tensor]:
-    """Nearest centroid of every row of x (N, D) and its cost: -> (N,), (N,) (see `_Rows`)."""
-    return _Rows(x, metric, chunk).nearest(centroids)
-
-
-def _centroids(x: Tensor, labels: Tensor, old: Tensor, metric: str) -> Tensor:
-    """Mean of each cluster's rows (renormalised for cosine); an empty cluster keeps its old centroid."""
-    K = len(old)
-    sums = torch.zeros_like(old).index_add_(0, labels, x)
-    counts = torch.bincount(labels, minlength=K).to(x.dtype)
-    new = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], old)
-    return F.normalize(new, dim=1) if metric == "cosine" else new
-
-
-def _kmeans_plus_plus(x: Tensor | _Rows, k: int, metric: str, generator: torch.Generator,
-                      chunk: int) -> Tensor:
-    """Greedy k-means++ seeding (scikit-learn's): each next centroid is the best of 2 + log(k)
-    candidates drawn with probability proportional to their current cost. Draws come from the CPU
-    `generator` whatever the device, so a GPU run seeds as a CPU run does."""
-    rows = x if isinstance(x, _Rows) else _Rows(x, metric, chunk)
-    x = rows.x
-    trials = 2 + int(math.log(k))
-    centroids = x[torch.randint(len(x), (1,), generator=generator)]
-    _, cost = rows.nearest(centroids)
-    for _ in range(1, k):
-        weights = cost.double().cpu()
-        candidates = (torch.multinomial(weights, trials, replacement=True, generator=generator)
-                      if weights.sum() > 0 else torch.randint(len(x), (trials,), generator=generator))
-        # cost of every row if each candidate were added: (N, trials), built chunk by chunk
-        with_candidate, points = x.new_empty(len(x), trials), x[candidates.to(x.device)]
-        for start in rows.chunks():
-            part = rows.costs(start, points, with_candidate[start:start + rows.chunk])
-            torch.minimum(cost[start:start + len(part), None], part, out=part)
-        best = with_candidate.sum(0).argmin()
-        centroids = torch.cat([centroids, x[candidates[best]][None]])
-        cost = with_candidate[:, best].clone()
-    return centroids
-
-
-def kmeans(x: Tensor, k: int, *, metric: str = "euclidean", n_init: int = 3, max_iter: int = 100,
-           tol: float = 1e-4, seed: int = 0, chunk: int = 65536,
-           on_iteration: Callable[[int, Tensor], None] | None = None) -> KMeansResult:
-    """Lloyd's k-means on rows of x (N, D): k-means++ seeding, `n_init` restarts, keep the lowest inertia.
-
-    metric="cosine" is spherical k-means (rows and centroids normalised, cost 1 - cosine).
-    Converged means the centroids moved less than `tol` times the data's mean per-feature variance
-    (scikit-learn's rule) in the last iteration. `on_iteration(i, labels)` is called after each
-    assignment step of every restart, e.g. to score the partition as it evolves.
-    """
-    if metric not in ("euclidean", "cosine"):
-        raise ValueError(f"unknown metric {metric!r}; choose 'euclidean' or 'cosine'")
-    if x.ndim != 2 or len(x) < k:
-        raise ValueError(f"need an (N, D) tensor with N >= k={k}, got shape {tuple(x.shape)}")
-    x = x.detach().float()
-    x = x if x.is_cuda else x.cpu()   # on a GPU the same torch code runs there
-    if metric == "cosine":
-        x = F.normalize(x, dim=1)
-    rows = _Rows(x, metric, chunk)
-    threshold = tol * x.var(dim=0).mean().item()
-    generator = torch.Generator().manual_seed(seed)
-    best: KMeansResult | None = None
-    restarts = []
-    for _ in range(n_init):
-        centroids = _kmeans_plus_plus(rows, k, metric, generator, chunk)
-        history, converged, n_iter = [], False, 0
-        for n_iter in range(1, max_iter + 1):
-            labels, cost = rows.nearest(centroids)
-            history.append(cost.sum().item())
-            if on_iteration is not None:
-                on_iteration(n_iter, labels.cpu())
-            new = _centroids(x, labels, centroids, metric)
-            shift = ((new - centroids) ** 2).sum().item()
-            centroids = new
-            if shift <= threshold:
-                converged = True
-                break
-        labels, cost = rows.nearest(centroids)
-        inertia = cost.sum().item()
-        restarts.append({"inertia": inertia, "n_iter": n_iter, "converged": converged})
-        if best is None or inertia < best.inertia:
-            best = KMeansResult(centroids.cpu(), labels.cpu(), inertia, n_iter, converged, history)
-    best.restarts = restarts
-    return best

@@ -397,9 +397,9 @@ register_profile(Profile(
                       convergence_tokens=50_000, distinct_tokens=3000),
     # "smoke": every paper code path on the CPU in minutes (CI runs it on a miniature world): 32-px images
     # (a 4 x 4 patch grid), the 512 training crops chapter 1 draws from and 32 validation images (the KNN
-    # lists keep 30 neighbours), a few iterations of batch 8, and D = 3 and 24 (chapter 5 looks at D = 24).
-    scales=(Scale("smoke", train_res=32, eval_res=32, train_images=512, val_images=32, steps=4, batch_size=8,
-                  sweep={"dims": (3, 24), "head_steps": 4, "head_batch": 8, "fit_images": 32,
+    # lists keep 30 neighbours), a few iterations of batch 4, and D = 3 and 24 (chapter 5 looks at D = 24).
+    scales=(Scale("smoke", train_res=32, eval_res=32, train_images=512, val_images=32, steps=4, batch_size=4,
+                  sweep={"dims": (3, 24), "head_steps": 4, "head_batch": 4, "fit_images": 32,
                          "tokens_per_image": 8, "convergence_tokens": 400, "distinct_tokens": 300}),)))
 
 
