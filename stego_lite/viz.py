@@ -253,3 +253,51 @@ def _resized_uint8(rgb, size: int | None):
     if size is not None:
         rgb = F.interpolate(rgb, size=(size, size), mode="nearest")
     return (rgb * 255).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def qualitative_palette(n: int):
+    """n distinct colours for cluster ids (plotly's D3 set, repeated past 10): -> (n, 3) uint8."""
+    import numpy as np
+    from plotly.colors import hex_to_rgb, qualitative
+
+    colours = [hex_to_rgb(c) for c in qualitative.D3]
+    return np.array([colours[i % len(colours)] for i in range(n)], dtype=np.uint8)
+
+
+def similarity_explorer(feats: Mapping[str, Any], *, queries: int = 5, size: int = 16, height: int = 520,
+                        title: str = ""):
+    """The feature-correspondence explorer: cosine similarity of one patch of image 0 to every patch of every
+    image, one row per backbone (`feats`: name -> (N, C, h, w); grids may differ), one column per image; a
+    slider picks the query from a `queries` x `queries` grid of positions. Maps are resampled to
+    `size` x `size` (area average) so that the backbones' rows line up. Interactive in the static book."""
+    import plotly.express as px
+    import torch
+    import torch.nn.functional as F
+
+    names = list(feats)
+    N = next(iter(feats.values())).shape[0]
+    centres = [(i + 0.5) / queries for i in range(queries)]   # query positions, as fractions of the image
+    frames = []
+    for fy in centres:
+        for fx in centres:
+            rows = []
+            for name in names:
+                unit = F.normalize(feats[name].float(), dim=1)                         # (N, C, h, w)
+                h, w = unit.shape[-2:]
+                sim = torch.einsum("c,nchw->nhw", unit[0, :, int(fy * h), int(fx * w)], unit)
+                rows.append(F.interpolate(sim[:, None], size=(size, size), mode="area")[:, 0])
+            frames.append(torch.cat(rows))                                             # (B*N, size, size)
+    fig = px.imshow(torch.stack(frames).numpy(), animation_frame=0, facet_col=1, facet_col_wrap=N, zmin=0,
+                    zmax=1, color_continuous_scale="viridis", height=height, title=title,
+                    labels=dict(animation_frame="query", facet_col="panel", color="cosine"))
+    for step, (fy, fx) in zip(fig.layout.sliders[0].steps, [(y, x) for y in centres for x in centres]):
+        step.label = f"{fy:.0%} down, {fx:.0%} across"
+    fig.for_each_annotation(lambda a: a.update(text=_panel_title(int(a.text.split("=")[1]), names, N)))
+    fig.layout.updatemenus = []                     # the slider is enough: no play button
+    fig.update_xaxes(showticklabels=False).update_yaxes(showticklabels=False)
+    return fig.update_layout(margin=dict(l=10, r=10, t=60, b=10))
+
+
+def _panel_title(panel: int, names: Sequence[str], n_images: int) -> str:
+    name, image = names[panel // n_images], panel % n_images
+    return f"{name}: image {image}" if image == 0 else f"image {image}"
