@@ -33,6 +33,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -248,17 +249,9 @@ def check(world: World) -> dict[str, int]:
         for i in range(len(dataset)):
             dataset.load(i)
         counts[name] = len(dataset)
-    saved = {k: os.environ.get(k) for k in world.environment()}
-    os.environ.update(world.environment())
-    try:
+    with mock.patch.dict(os.environ, world.environment()):   # restored afterwards
         load_backbone("dino_vitb8", progress=False)
         load_released("cocostuff27", progress=False)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                del os.environ[key]
-            else:
-                os.environ[key] = value
     return counts
 
 
