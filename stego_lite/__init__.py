@@ -22,7 +22,7 @@ and has no side effects; `sl.viz`, `sl.backbone`, ... work as attributes.
     progress      the one progress bar                            env           devices, folders, seeds
     distributed   torchrun's processes, settings check            sharded       extraction and KNN by rank
     ddp           training over ranks (DDP)                       commands      the extract/evaluate commands
-    viz           figures for the book
+    worlds        SynthStuff worlds: when does the reduction help?  viz         figures for the book
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ _SUBMODULES = (
     "analysis", "backbone", "checkpoints", "cluster_quality", "crf", "data", "env", "evaluate", "features",
     "head", "img_focus", "kmeans", "knn", "loss", "metrics", "inference", "model", "pretrain", "probes",
     "profiles", "published", "reducers", "released", "sources", "texture_bank", "token_probes", "train",
-    "train_heads", "viz", "cache", "files", "progress", "distributed", "sharded", "ddp", "commands",
+    "train_heads", "viz", "cache", "files", "progress", "distributed", "sharded", "ddp", "commands", "worlds",
 )
 
 

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+from stego_lite.data.specs import DataSpec, PhotoData, StegoData, SynthStuffData  # noqa: F401 (re-exported)
 from stego_lite.loss import LossConfig
 
 if TYPE_CHECKING:
@@ -39,110 +40,7 @@ if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
     from stego_lite.backbone import Backbone
-    from stego_lite.data import SynthStuffConfig
     from stego_lite.train import TrainConfig
-
-# ---------------------------------------------------------------------------------------------------------
-# Data: which dataset, at which sizes
-
-
-class DataSpec(Protocol):
-    """A dataset's splits at a profile's sizes."""
-
-    name: str          # the dataset's name, as in feature-cache keys
-    train_res: int     # training images are train_res x train_res (px)
-    eval_res: int      # evaluation centre crops (px)
-    five_crop: bool    # the training split is five crops of each image (reference §4.5)
-
-    def split(self, split: str) -> Dataset: ...
-
-    def resized(self, train_res: int, eval_res: int, train_images: int | None,
-                val_images: int | None) -> DataSpec: ...
-
-
-@dataclass(frozen=True)
-class SynthStuffData:
-    """SynthStuff, generated on first use; `config` None means `data.SYNTHSTUFF_OFFLINE`, read when used."""
-
-    config: SynthStuffConfig | None = None
-    root: str | None = None      # where the generated folders live (default: under $STEGO_LITE_CACHE)
-    name: str = "synthstuff"
-    five_crop: bool = False
-
-    def resolved(self) -> SynthStuffConfig:
-        from stego_lite import data
-
-        return self.config if self.config is not None else data.SYNTHSTUFF_OFFLINE
-
-    @property
-    def train_res(self) -> int:
-        return self.resolved().image_size
-
-    @property
-    def eval_res(self) -> int:
-        return self.resolved().image_size
-
-    def split(self, split: str) -> Dataset:
-        return self.resolved().dataset(split, root=self.root)
-
-    def resized(self, train_res: int, eval_res: int, train_images: int | None,
-                val_images: int | None) -> SynthStuffData:
-        """Smaller generated images (one size for both splits: `train_res`) and fewer of them."""
-        config = self.resolved()
-        config = dataclasses.replace(config, image_size=train_res, n_train=train_images or config.n_train,
-                                     n_val=val_images or config.n_val)
-        return dataclasses.replace(self, config=config)
-
-
-@dataclass(frozen=True)
-class StegoData:
-    """One of STEGO's datasets in its on-disk layout under $STEGO_LITE_DATA (stego_lite.data.DATASETS)."""
-
-    name: str                    # "cocostuff27" | "cityscapes" | "potsdam"
-    five_crop: bool = False
-    train_res: int = 224
-    eval_res: int = 320          # STEGO evaluates at 320 px
-    root: str | None = None      # the data root (default: $STEGO_LITE_DATA)
-    train_images: int | None = None   # read only the first N images of the split (None: all)
-    val_images: int | None = None
-
-    def split(self, split: str) -> Dataset:
-        from stego_lite import data
-
-        res = self.train_res if split == "train" else self.eval_res
-        transform = data.SegTransform(res)
-        if split == "train" and self.five_crop:
-            dataset = data.FiveCropDataset(self.name, "train", root=self.root, transform=transform)
-        else:
-            dataset = data.DATASETS[self.name](root=self.root, split=split, transform=transform)
-        limit = self.train_images if split == "train" else self.val_images
-        return dataset if limit is None else data.FirstImages(dataset, limit)
-
-    def resized(self, train_res: int, eval_res: int, train_images: int | None,
-                val_images: int | None) -> StegoData:
-        return dataclasses.replace(self, train_res=train_res, eval_res=eval_res, train_images=train_images,
-                                   val_images=val_images)
-
-
-@dataclass(frozen=True)
-class PhotoData:
-    """Unlabelled crops and flips of the sample photos of scikit-image and scikit-learn (`data.PhotoCrops`)."""
-
-    per_photo: int = 24          # training crops of each of the 8 photos
-    val_per_photo: int = 2       # held-out crops of each photo ("val": another random stream)
-    train_res: int = 224         # crops are resized to train_res x train_res (16 x 16 patches of 14 px)
-    clusters: int = 8            # no classes to count: how many clusters the probe and k-means look for
-    name: str = "photo-crops"
-    five_crop: bool = False
-
-    eval_res = property(lambda self: self.train_res)
-
-    def split(self, split: str) -> Dataset:
-        from stego_lite import data
-
-        per_photo = self.per_photo if split == "train" else self.val_per_photo
-        return data.PhotoCrops(split, per_photo=per_photo, res=self.train_res)
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Presets: a dataset's training setting
@@ -287,6 +185,7 @@ class SweepConfig:
     convergence_max_iter: int = 100
     convergence_dims: tuple[int, ...] | None = None   # None: all of `dims`
     distinct_tokens: int = 3000    # labelled validation tokens for the distinctness metrics
+    loss_shifts: tuple[float, float, float] | None = None   # (self, knn, random) shifts instead of the preset's
 
     def __post_init__(self) -> None:
         if not self.dims or min(self.dims) < 1 or not self.seeds:
@@ -302,8 +201,12 @@ class SweepConfig:
 
     def head_config(self, seed: int) -> TrainConfig:
         """The training settings of the sweep's heads (dim is set per head by `train_heads`)."""
-        return get_preset(self.loss_preset).train_config(batch_size=self.head_batch, steps=self.head_steps,
-                                                         lr=self.head_lr, seed=seed)
+        config = get_preset(self.loss_preset).train_config(batch_size=self.head_batch, steps=self.head_steps,
+                                                           lr=self.head_lr, seed=seed)
+        if self.loss_shifts is None:
+            return config
+        shifts = dict(zip(("self_shift", "knn_shift", "random_shift"), self.loss_shifts, strict=True))
+        return dataclasses.replace(config, loss=dataclasses.replace(config.loss, **shifts))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -459,3 +362,44 @@ def get_profile(name: str, scale: str = "full") -> Profile:
     except KeyError:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}") from None
     return profile.scaled(scale)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The worlds of chapter 04's "When does the reduction help?" (stego_lite.worlds): SynthStuff with its
+# `scenes` and `nuisance` switches off and on, `texture_bank` features. They are profiles of one section,
+# not of a chapter, so they live in WORLDS, not PROFILES.
+#
+# Budget, fixed before any world's sweep was run: 600 training and 150 validation images (96 px); heads at
+# D = 3, 6, 12, 24 for 100 iterations of batch 8 (the offline profile's sweep budget), three seeds; probes and
+# PCA on 16 tokens of each training image. The heads' shifts are not the preset's: `worlds.world_sweep`
+# measures them per world by the rule of the synthstuff preset (`worlds.rule_shifts`, training tokens only).
+
+WORLDS: dict[str, Profile] = {}
+WORLD_SIZES = (("n_train", 600), ("n_val", 150))
+
+
+def world_profile(scenes: bool, nuisance: bool) -> Profile:
+    """The world with these switches: its preset (the synthstuff preset's loss and head), data and sweep."""
+    suffix = "-scenes" * scenes + "-nuisance" * nuisance
+    name = f"world{suffix or '-plain'}"
+    data = SynthStuffData(name=f"synthstuff{suffix}",
+                          changes=(*WORLD_SIZES, ("scenes", scenes), ("nuisance", nuisance)))
+    preset = dataclasses.replace(PRESETS["synthstuff"], name=name, data=data,
+                                 source="the synthstuff preset on a SynthStuff world (stego_lite.worlds)")
+    sweep = SweepConfig(dims=(3, 6, 12, 24), seeds=(0, 1, 2), loss_preset=name, head_steps=100, head_batch=8,
+                        head_lr=2e-3, fit_images=None, tokens_per_image=16, kmeans_n_init=2, linear_max_iter=50)
+    return Profile(name, preset, sweep, needs="a CPU; no network", photos_in_domain=False)
+
+
+for _scenes, _nuisance in ((False, False), (True, False), (False, True), (True, True)):
+    _world = world_profile(_scenes, _nuisance)
+    WORLDS[_world.name], PRESETS[_world.preset.name] = _world, _world.preset
+del _scenes, _nuisance, _world
+
+
+def get_world(name: str) -> Profile:
+    """The named world; a clear error for anything else."""
+    try:
+        return WORLDS[name]
+    except KeyError:
+        raise ValueError(f"unknown world {name!r}; choose one of {list(WORLDS)}") from None

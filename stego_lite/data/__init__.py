@@ -10,10 +10,10 @@ untransformed full-resolution PIL image and label; the `transform` (a `SegTransf
     ds = SYNTHSTUFF_OFFLINE.dataset("train")       # generated under $STEGO_LITE_CACHE on first use
     ds = CocoStuff27(split="val")                   # reads $STEGO_LITE_DATA/cocostuff/...
 
-Modules: `transforms` (STEGO's resize/crop/normalise), `scenes` (the SynthStuff renderer), `synthstuff`,
-`stego_sets` (COCO-Stuff-27, Cityscapes-27, Potsdam-3, five-crop folders, image folders), `photos` (the
-unlabelled sample photos of scikit-image and scikit-learn, and crops of them), `classes` (names, mappings,
-colour maps), `fivecrop`, `download`, `files`.
+Modules: `transforms` (STEGO's resize/crop/normalise), `scenes` (the SynthStuff renderer and its scene types),
+`nuisance` (SynthStuff's per-image nuisance), `synthstuff`, `stego_sets` (COCO-Stuff-27, Cityscapes-27,
+Potsdam-3, five-crop folders, image folders), `photos` (the unlabelled sample photos of scikit-image and
+scikit-learn, and crops of them), `classes` (names, mappings, colour maps), `fivecrop`, `download`, `files`.
 """
 from __future__ import annotations
 

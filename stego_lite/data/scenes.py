@@ -9,10 +9,20 @@ supervised ViT left thing classes near zero IoU on a similar generator).
 
 Texture periods are in pixels (they must stay visible to 8-px patches); region and thing sizes scale
 with the image side (the design size is 96 px).
+
+Scene types (the `scenes` switch of SynthStuff): by default every region draws its class from all five
+stuff classes and every thing from all three thing classes, so an image's classes say little about each
+other. A `SceneType` fixes which classes may appear together, as a beach has sand and sea and people: two
+stuff classes, which take turns over the regions (two regions may then show the same class), and one thing
+class. Every class is in equally many types, so over uniformly drawn types each class stays as frequent as
+without scenes; the layout (regions, things, their sizes) is drawn by the same code, from the same laws.
+`texture_zoom` (the `nuisance` switch) scales every texture's period, never the layout.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
+from itertools import combinations
 
 import numpy as np
 from scipy import ndimage
@@ -29,6 +39,25 @@ _MIN_COLOUR_DIST = 0.4   # ||c1 - c2|| in RGB [0, 1]: the pattern must be visibl
 _NOISE_STD = 0.02        # per-pixel Gaussian noise, in [0, 1] intensity units
 # photo pixels per image pixel: keeps the three photos in different frequency bands
 _PHOTO_ZOOM = {"brick": (1.6, 2.6), "grass": (1.3, 2.0), "gravel": (0.8, 1.1)}
+
+
+@dataclass(frozen=True)
+class SceneType:
+    """Which classes an image of this scene type may show: two stuff classes and one thing class."""
+
+    stuff: tuple[int, ...]   # ids into STUFF_CLASSES
+    thing: int               # id into THING_CLASSES
+
+    def stuff_classes(self, rng: np.random.Generator, n_regions: int) -> np.ndarray:
+        """The class of each of `n_regions` regions: the type's stuff classes in a random order, in turn."""
+        return np.resize(rng.permutation(np.asarray(self.stuff)), n_regions)
+
+
+def scene_types() -> tuple[SceneType, ...]:
+    """The 30 scene types: every pair of stuff classes with every thing class. Each stuff class is in 12
+    types, each thing class in 10: drawn uniformly, the types keep every class's frequency."""
+    pairs = combinations(range(len(STUFF_CLASSES)), 2)
+    return tuple(SceneType(pair, t) for pair in pairs for t in range(len(THING_CLASSES)))
 
 
 @lru_cache(maxsize=None)
@@ -129,33 +158,49 @@ def _thing_mask(name: str, u: np.ndarray, v: np.ndarray, radius: float) -> np.nd
     raise ValueError(f"unknown SynthStuff thing {name!r}; choose one of {THING_CLASSES}")
 
 
-def render_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """One scene: -> image (size, size, 3) uint8 and label (size, size) uint8, class ids into CLASSES."""
+def render_scene(rng: np.random.Generator, size: int, scene: SceneType | None = None, *,
+                 texture_zoom: float = 1.0, layout: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One scene: -> image (size, size, 3) uint8 and label (size, size) uint8, class ids into CLASSES.
+
+    With a `scene` type, the classes are drawn from that type's (the layout is drawn as without). Textures
+    are evaluated at coordinates divided by `texture_zoom` (the same draws: labels do not change). A
+    `layout` dict receives the geometry: "regions" (the region id of every pixel) and "things" (each thing's
+    mask), for statistics that must not depend on the classes.
+    """
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    zoom = (lambda a: a) if texture_zoom == 1.0 else (lambda a: a / texture_zoom)
     scale = size / _DESIGN_SIZE
     img = np.empty((size, size, 3))
     label = np.empty((size, size), dtype=np.uint8)
 
     regions = _stuff_partition(rng, size, xx, yy)
     n_regions = int(regions.max()) + 1
-    for region, cls in enumerate(rng.choice(len(STUFF_CLASSES), n_regions, replace=False)):
+    if scene is None:
+        stuff = rng.choice(len(STUFF_CLASSES), n_regions, replace=False)
+    else:
+        stuff = scene.stuff_classes(rng, n_regions)
+    for region, cls in enumerate(stuff):
         mask = regions == region
         c1, c2 = _colour_pair(rng)
-        t = _texture(STUFF_CLASSES[cls], rng, xx, yy)
+        t = _texture(STUFF_CLASSES[cls], rng, zoom(xx), zoom(yy))
         img[mask] = c1 + (c2 - c1) * t[mask][:, None]
         label[mask] = cls
 
+    things = []
     for _ in range(int(rng.integers(1, 4))):
-        k = int(rng.integers(len(THING_CLASSES)))
+        k = int(rng.integers(len(THING_CLASSES))) if scene is None else scene.thing
         name = THING_CLASSES[k]
         radius = rng.uniform(12, 22) * scale
         cy, cx = rng.uniform(0.15 * size, 0.85 * size, 2)
         u, v = _rotate(xx - cx, yy - cy, rng.uniform(0, 2 * np.pi))
         mask = _thing_mask(name, u, v, radius)
         c1, c2 = _colour_pair(rng)
-        t = _texture(name, rng, u, v)
+        t = _texture(name, rng, zoom(u), zoom(v))
         img[mask] = c1 + (c2 - c1) * t[mask][:, None]
         label[mask] = len(STUFF_CLASSES) + k
+        things.append(mask)
+    if layout is not None:
+        layout.update(regions=regions, things=things)
 
     img += rng.normal(0, _NOISE_STD, img.shape)
     return np.clip(np.rint(img * 255), 0, 255).astype(np.uint8), label
