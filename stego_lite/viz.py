@@ -287,7 +287,7 @@ def similarity_explorer(feats: Mapping[str, Any], *, queries: int = 5, size: int
                 sim = torch.einsum("c,nchw->nhw", unit[0, :, int(fy * h), int(fx * w)], unit)
                 rows.append(F.interpolate(sim[:, None], size=(size, size), mode="area")[:, 0])
             frames.append(torch.cat(rows))                                             # (B*N, size, size)
-    fig = px.imshow(torch.stack(frames).numpy(), animation_frame=0, facet_col=1, facet_col_wrap=N, zmin=0,
+    fig = px.imshow(torch.stack(frames).numpy().round(3), animation_frame=0, facet_col=1, facet_col_wrap=N, zmin=0,
                     zmax=1, color_continuous_scale="viridis", height=height, title=title,
                     labels=dict(animation_frame="query", facet_col="panel", color="cosine"))
     for step, (fy, fx) in zip(fig.layout.sliders[0].steps, [(y, x) for y in centres for x in centres]):
