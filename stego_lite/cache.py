@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from stego_lite.files import file_lock, write_atomic
+from stego_lite.files import file_lock, remove_stale_temporaries, write_atomic
 
 T = TypeVar("T")
 _DAMAGED = (OSError, RuntimeError, EOFError, ValueError, KeyError, TypeError, pickle.UnpicklingError)
@@ -108,12 +108,6 @@ def load_or_compute(path: Path, spec: Any, compute: Callable[[], T], *, version:
     if value is None:
         raise OSError(f"{path} could not be read back after writing it; is the disk full?")
     return value
-
-
-def remove_stale_temporaries(path: Path) -> None:
-    """Delete temporary files that writers of `path` left when they were killed (call under its lock)."""
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        tmp.unlink(missing_ok=True)
 
 
 def _canonical(spec: Any) -> Any:

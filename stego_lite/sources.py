@@ -11,6 +11,7 @@ by a `key`, after which run folders are named.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import torch
@@ -18,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from stego_lite.backbone import Backbone
+from stego_lite.env import loader_options
 from stego_lite.features import cached_features, feature_key
 from stego_lite.knn import N_STORED, nearest_neighbors
 
@@ -65,7 +67,11 @@ class FeatureSource:
 
 
 class ImageSource:
-    """Training batches computed from images: the backbone runs on every anchor and positive."""
+    """Training batches computed from images: the backbone runs on every anchor and positive.
+
+    On CUDA the images of a batch are read by a pool of threads (`env.loader_options`' worker count;
+    decoding must keep up with the GPU) into pinned memory; elsewhere one by one.
+    """
 
     def __init__(self, backbone: Backbone, dataset: Dataset, nns: Tensor) -> None:
         if nns.shape[0] != len(dataset):
@@ -73,14 +79,23 @@ class ImageSource:
         self.backbone, self.dataset, self.nns = backbone, dataset, nns
         self.key = "images-" + feature_key(backbone, dataset).name
         self.in_dim = backbone.embed_dim
+        self._readers: ThreadPoolExecutor | None = None
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def _features(self, indices: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
-        items = [self.dataset[int(i)] for i in indices]
-        img = torch.stack([item["image"] for item in items]).to(device)  # (B, 3, H, W)
-        return self.backbone.features(img), torch.stack([item["label"] for item in items]).to(device)
+        options = loader_options(device)
+        if options.get("num_workers") and self._readers is None:
+            self._readers = ThreadPoolExecutor(options["num_workers"], thread_name_prefix="stego-images")
+        read = self._readers.map if options.get("num_workers") else map
+        items = list(read(self.dataset.__getitem__, [int(i) for i in indices]))
+        img = torch.stack([item["image"] for item in items])  # (B, 3, H, W)
+        label = torch.stack([item["label"] for item in items])
+        if options.get("pin_memory"):
+            img, label = img.pin_memory(), label.pin_memory()
+        img, label = img.to(device, non_blocking=True), label.to(device, non_blocking=True)
+        return self.backbone.features(img), label
 
     def batch(self, indices: Tensor, positives: Tensor, device: torch.device) -> Batch:
         """Load the images `indices` and `positives` (B,) and run the backbone on `device`."""

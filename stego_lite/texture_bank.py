@@ -56,6 +56,8 @@ class TextureBank(Backbone):
     channel ranges of each part (see the module docstring).
     """
 
+    mixed_precision = False   # log-energies and histograms of fixed filters: bfloat16 would blur them
+
     def __init__(self, config: TextureBankConfig | None = None) -> None:
         config = config or TextureBankConfig()
         if config.patch_size != 2 ** (config.levels) or config.levels < 1:

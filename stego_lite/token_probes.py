@@ -21,6 +21,7 @@ centroids (the code's norm is the same for every centroid).
 """
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -88,21 +89,33 @@ def fit_probes(codes: Tensor, labels: Tensor, n_classes: int, *, seed: int, n_in
     return TokenProbes(cluster.centroids, weight, bias)
 
 
-@torch.no_grad()
 def score_probes(reducer: Reducer, probes: TokenProbes, data: SweepData) -> dict[str, float]:
     """Cluster (Hungarian) and linear accuracy / mIoU in percent on the validation pixels.
 
     Probe scores are computed per patch and upsampled bilinearly to the label size, which equals applying
     the probes to the bilinearly upsampled code (see the module docstring); no flip-TTA, no CRF.
     """
+    return score_many({0: (reducer, probes)}, data)[0]
+
+
+@torch.no_grad()
+def score_many(fitted: Mapping[Hashable, tuple[Reducer, TokenProbes]],
+               data: SweepData) -> dict[Hashable, dict[str, float]]:
+    """`score_probes` of every (reducer, probes) of `fitted`, in one pass over the validation set: where
+    the backbone runs on every pass (the paper profile), it runs once for all representations."""
     K = data.n_classes
-    confusion = {probe: torch.zeros(K, K, dtype=torch.int64) for probe in ("cluster", "linear")}
+    confusion = {key: {probe: torch.zeros(K, K, dtype=torch.int64) for probe in ("cluster", "linear")}
+                 for key in fitted}
     for feats, labels in data.val_batches():
-        code = transform_map(reducer, feats.cpu())
-        for probe, scores in (("cluster", probes.cluster_scores(code)),
-                              ("linear", probes.linear_logits(code))):
-            scores = F.interpolate(scores, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-            confusion[probe] += confusion_matrix(scores.argmax(1).cpu(), labels.cpu(), K)
-    cluster, linear = hungarian_metrics(confusion["cluster"]), iou_and_accuracy(confusion["linear"])
-    return {"cluster accuracy": cluster["accuracy"], "cluster miou": cluster["miou"],
-            "linear accuracy": linear["accuracy"], "linear miou": linear["miou"]}
+        for key, (reducer, probes) in fitted.items():
+            code = transform_map(reducer, feats.cpu())
+            for probe, scores in (("cluster", probes.cluster_scores(code)),
+                                  ("linear", probes.linear_logits(code))):
+                scores = F.interpolate(scores, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+                confusion[key][probe] += confusion_matrix(scores.argmax(1).cpu(), labels.cpu(), K)
+    results = {}
+    for key, matrices in confusion.items():
+        cluster, linear = hungarian_metrics(matrices["cluster"]), iou_and_accuracy(matrices["linear"])
+        results[key] = {"cluster accuracy": cluster["accuracy"], "cluster miou": cluster["miou"],
+                        "linear accuracy": linear["accuracy"], "linear miou": linear["miou"]}
+    return results

@@ -16,12 +16,17 @@ atomically) and `history.json` / `history.csv`. Calling `train` again with the s
 from the checkpoint and gives bit-identical parameters to an uninterrupted run; a finished run returns
 at once, which is how the book reuses trained heads, and a larger `steps` extends it (nothing in the
 loop depends on the total: there is no learning-rate schedule).
+
+Under torchrun (`stego_lite.ddp`) the head and probes train under DDP: `batch_size` is the global batch,
+each rank computes its rows of it, and the run equals the one-process run with that batch.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
+import pickle
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,9 +37,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from stego_lite.cache import keyed_path
-from stego_lite.env import cache_dir
-from stego_lite.files import save_torch_atomic, write_atomic, write_json_atomic
+from stego_lite import distributed
+from stego_lite.cache import checksum, keyed_path
+from stego_lite.env import autocast, cache_dir
+from stego_lite.files import (
+    file_lock, remove_stale_temporaries, save_torch_atomic, write_atomic, write_json_atomic,
+)
 from stego_lite.head import SegmentationHead
 from stego_lite.knn import NUM_NEIGHBORS, sample_positives
 from stego_lite.loss import LossConfig, LossTerms, same_label, sample_labels, stego_loss
@@ -107,7 +115,8 @@ def train_step(head: SegmentationHead, batch: Batch, config: TrainConfig,
     Returns the loss, its three (unweighted) terms, the mean S of each term and each probe's loss.
     """
     head.train()
-    code, code_pos = head(batch.feats), head(batch.feats_pos)  # (B, D, h, w)
+    with autocast(batch.feats.device):   # bfloat16 on CUDA; the loss and the probes read float32
+        code, code_pos = head(batch.feats).float(), head(batch.feats_pos).float()  # (B, D, h, w)
     terms = stego_loss(head.loss_features(batch.feats), code, head.loss_features(batch.feats_pos), code_pos,
                        config.loss, generator=generator)
     probe_losses = {name: probe.loss(code.detach(), batch.label) for name, probe in (probes or {}).items()}
@@ -153,11 +162,17 @@ def train(config: TrainConfig, source: Source, *, probes: Mapping[str, nn.Module
         raise ValueError(f"batch_size must be between 2 (random partners) and the {len(source)} training "
                          f"images, got {config.batch_size}")
     probes = dict(probes or {})
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    lock = _run_lock(run_dir if distributed.is_main() else None)   # rank 0 speaks for a torchrun job
+    with lock, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)  # the run's own RNG stream: initialisation, then dropout
         loop = _Loop(config, source, build_head(config, source.in_dim).to(device), probes, device)
         if run_dir is not None and (Path(run_dir) / CHECKPOINT).is_file():
             loop.load(Path(run_dir) / CHECKPOINT)
+        if distributed.world_size() > 1:   # torchrun: DDP, each rank computing its rows of every batch
+            from stego_lite.ddp import data_parallel
+
+            loop.next_batch, loop.model = data_parallel(loop.head, probes, config, source, loop.step)
+        writes = run_dir is not None and distributed.is_main()   # rank 0 alone writes the run folder
         end = min(config.steps, stop_at) if stop_at is not None else config.steps
         bar = progress_bar(enabled=progress, total=config.steps, initial=loop.step, desc="training head",
                            unit="it")
@@ -167,12 +182,26 @@ def train(config: TrainConfig, source: Source, *, probes: Mapping[str, nn.Module
                 metrics |= _validate(val_fn, loop.head, probes, loop.step)
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-            if run_dir is not None and checkpoint_every and loop.step % checkpoint_every == 0:
+            if writes and checkpoint_every and loop.step % checkpoint_every == 0:
                 loop.save(Path(run_dir))
         bar.close()
-        if run_dir is not None:
+        if writes:
             loop.save(Path(run_dir))
     return TrainResult(loop.head.eval(), probes, loop.history, Path(run_dir) if run_dir is not None else None)
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: str | Path | None):
+    """One process at a time in a run folder: a second one waits (and says for whom), then resumes from
+    the first one's checkpoint. Temporary files of killed writers are removed."""
+    if run_dir is None:
+        yield
+        return
+    run_dir = Path(run_dir)
+    with file_lock(run_dir / ".lock", what=f"the training run in {run_dir}"):
+        for name in (CHECKPOINT, "history.json", "history.csv"):
+            remove_stale_temporaries(run_dir / name)
+        yield
 
 
 def _validate(val_fn: ValFn, head: SegmentationHead, probes: Mapping[str, nn.Module], step: int) -> dict:
@@ -227,12 +256,13 @@ class _Loop:
         self.generator = torch.Generator().manual_seed(config.seed)  # on the CPU: same draws on any device
         self.batches = EpochOrder(len(source), config.batch_size, self.generator)
         self.step, self.seconds, self.history = 0, 0.0, []
+        self.next_batch, self.model = next_batch, head   # what `ddp.data_parallel` replaces
 
     def iteration(self) -> dict[str, float]:
         """One training iteration on the next batch of the epoch's shuffled order; appends to the history."""
         start = time.perf_counter()
-        batch = next_batch(self.source, self.batches, self.config, self.device)
-        metrics = train_step(self.head, batch, self.config, self.optimizers, probes=self.probes,
+        batch = self.next_batch(self.source, self.batches, self.config, self.device)
+        metrics = train_step(self.model, batch, self.config, self.optimizers, probes=self.probes,
                              generator=self.generator, step=self.step + 1)
         self.step += 1
         self.seconds += time.perf_counter() - start
@@ -250,11 +280,12 @@ class _Loop:
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        state["checksum"] = checksum(state)   # verified on loading: damaged bytes are never trained on
         save_torch_atomic(state, run_dir / CHECKPOINT)
         _write_history(run_dir, self.history)
 
     def load(self, path: Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_checkpoint(path)
         if ({**state["config"], "steps": 0} != {**dataclasses.asdict(self.config), "steps": 0}
                 or state["source"] != self.source.key):
             raise ValueError(f"{path} belongs to another run (config {state['config']}, data "
@@ -277,6 +308,25 @@ class _Loop:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.batches.order, self.batches.position = state["order"], state["position"]
         self.step, self.seconds, self.history = state["step"], state["seconds"], state["history"]
+
+
+class CheckpointError(RuntimeError):
+    """A run's checkpoint cannot be used: damaged, or not a checkpoint; the message names file and fix."""
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A run's checkpoint, its checksum verified; CheckpointError naming the file and the fix otherwise."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or "step" not in state:
+            raise ValueError("it is not a training checkpoint")
+        stored = state.pop("checksum", None)
+        if stored is not None and stored != checksum(state):
+            raise ValueError("its content does not match its checksum")
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        raise CheckpointError(f"{path} is damaged ({str(err).splitlines()[0]}); delete it to train that run "
+                              f"from the start, or pass another --run-dir / run_dir") from None
+    return state
 
 
 def _write_history(run_dir: Path, history: list[dict[str, float]]) -> None:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from stego_lite import cache
-from stego_lite.env import cache_dir
+from stego_lite.env import autocast, cache_dir
 from stego_lite.head import SegmentationHead
 from stego_lite.loss import stego_losses
 from stego_lite.progress import progress as progress_bar
@@ -56,8 +56,9 @@ def train_heads(dims: Sequence[int], config: TrainConfig, source, *, device: tor
         batches = EpochOrder(len(source), config.batch_size, generator)   # the data order of train.train
         for step in progress_bar(range(config.steps), enabled=progress, desc=f"{len(heads)} heads", unit="it"):
             batch = next_batch(source, batches, config, device)
-            codes = [h.train()(batch.feats) for h in heads.values()]
-            codes_knn = [h(batch.feats_pos) for h in heads.values()]
+            with autocast(device):   # bfloat16 on CUDA; the loss reads float32
+                codes = [h.train()(batch.feats).float() for h in heads.values()]
+                codes_knn = [h(batch.feats_pos).float() for h in heads.values()]
             terms = stego_losses(loss_dropout(batch.feats), codes, loss_dropout(batch.feats_pos), codes_knn,
                                  config.loss, generator=generator)
             totals = [t.total for t in terms]

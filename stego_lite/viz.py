@@ -205,3 +205,99 @@ def image_grid(images: Sequence, *, titles: Sequence[str] | None = None, cols: i
     fig.update_layout(title=title, height=rows * tile + 60, margin=dict(l=10, r=10, t=60, b=10),
                       template="plotly_white")
     return fig
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Feature maps as pictures: PCA colours, heat maps, label maps, all as uint8 RGB at display size
+
+
+def pca_rgb(feats, *, size: int | None = None, clip: float = 0.01):
+    """The first three principal components of all patches of all maps as R, G, B: (N, C, h, w) ->
+    (N, size, size, 3) uint8 (size None: h x w). One PCA for all maps, so colours compare across images;
+    each component is stretched between its `clip` and 1 - `clip` quantiles; the sign of a component is
+    fixed (its largest loading positive) so that colours repeat across runs and machines."""
+    import torch
+
+    N, C, h, w = feats.shape
+    rows = feats.permute(0, 2, 3, 1).reshape(-1, C).float()
+    rows = rows - rows.mean(0)
+    _, _, directions = torch.linalg.svd(rows, full_matrices=False)   # (C, C), rows = directions
+    directions = directions[:3]
+    signs = torch.sign(directions.gather(1, directions.abs().argmax(1, keepdim=True)))
+    pca = rows @ (directions * signs).T                                # (N*h*w, 3)
+    low, high = pca.quantile(clip, dim=0), pca.quantile(1 - clip, dim=0)
+    rgb = ((pca - low) / (high - low)).clamp(0, 1).reshape(N, h, w, 3).permute(0, 3, 1, 2)
+    return _resized_uint8(rgb, size)
+
+
+def heat_rgb(maps, *, size: int | None = None, colorscale: str = "viridis"):
+    """Each map min-max scaled on its own and coloured: (N, h, w) -> (N, size, size, 3) uint8."""
+    import numpy as np
+    import torch
+    from plotly.colors import sample_colorscale
+
+    maps = maps.float()
+    flat = maps.flatten(1)
+    low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    scaled = ((flat - low) / (high - low).clamp_min(1e-12)).reshape(maps.shape)
+    table = sample_colorscale(colorscale, np.linspace(0, 1, 256).tolist(), colortype="tuple")
+    lut = torch.tensor(table, dtype=torch.float32)                        # (256, 3) in [0, 1]
+    rgb = lut[(scaled * 255).round().long()].permute(0, 3, 1, 2)          # (N, 3, h, w)
+    return _resized_uint8(rgb, size)
+
+
+def _resized_uint8(rgb, size: int | None):
+    """(N, 3, h, w) in [0, 1] -> (N, size, size, 3) uint8, enlarged by nearest neighbour (crisp patches)."""
+    import torch.nn.functional as F
+
+    if size is not None:
+        rgb = F.interpolate(rgb, size=(size, size), mode="nearest")
+    return (rgb * 255).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def qualitative_palette(n: int):
+    """n distinct colours for cluster ids (plotly's D3 set, repeated past 10): -> (n, 3) uint8."""
+    import numpy as np
+    from plotly.colors import hex_to_rgb, qualitative
+
+    colours = [hex_to_rgb(c) for c in qualitative.D3]
+    return np.array([colours[i % len(colours)] for i in range(n)], dtype=np.uint8)
+
+
+def similarity_explorer(feats: Mapping[str, Any], *, queries: int = 5, size: int = 16, height: int = 520,
+                        title: str = ""):
+    """The feature-correspondence explorer: cosine similarity of one patch of image 0 to every patch of every
+    image, one row per backbone (`feats`: name -> (N, C, h, w); grids may differ), one column per image; a
+    slider picks the query from a `queries` x `queries` grid of positions. Maps are resampled to
+    `size` x `size` (area average) so that the backbones' rows line up. Interactive in the static book."""
+    import plotly.express as px
+    import torch
+    import torch.nn.functional as F
+
+    names = list(feats)
+    N = next(iter(feats.values())).shape[0]
+    centres = [(i + 0.5) / queries for i in range(queries)]   # query positions, as fractions of the image
+    frames = []
+    for fy in centres:
+        for fx in centres:
+            rows = []
+            for name in names:
+                unit = F.normalize(feats[name].float(), dim=1)                         # (N, C, h, w)
+                h, w = unit.shape[-2:]
+                sim = torch.einsum("c,nchw->nhw", unit[0, :, int(fy * h), int(fx * w)], unit)
+                rows.append(F.interpolate(sim[:, None], size=(size, size), mode="area")[:, 0])
+            frames.append(torch.cat(rows))                                             # (B*N, size, size)
+    fig = px.imshow(torch.stack(frames).numpy().round(3), animation_frame=0, facet_col=1, facet_col_wrap=N, zmin=0,
+                    zmax=1, color_continuous_scale="viridis", height=height, title=title,
+                    labels=dict(animation_frame="query", facet_col="panel", color="cosine"))
+    for step, (fy, fx) in zip(fig.layout.sliders[0].steps, [(y, x) for y in centres for x in centres]):
+        step.label = f"{fy:.0%} down, {fx:.0%} across"
+    fig.for_each_annotation(lambda a: a.update(text=_panel_title(int(a.text.split("=")[1]), names, N)))
+    fig.layout.updatemenus = []                     # the slider is enough: no play button
+    fig.update_xaxes(showticklabels=False).update_yaxes(showticklabels=False)
+    return fig.update_layout(margin=dict(l=10, r=10, t=60, b=10))
+
+
+def _panel_title(panel: int, names: Sequence[str], n_images: int) -> str:
+    name, image = names[panel // n_images], panel % n_images
+    return f"{name}: image {image}" if image == 0 else f"image {image}"

@@ -248,6 +248,24 @@ def test_sweep_table_has_the_expected_rows_and_is_read_back_from_the_cache(tmp_p
     assert {"miou", "miou std"} <= set(summary.columns) and len(summary) == 2 * 7
 
 
+def test_scoring_many_representations_takes_one_pass_and_equals_one_by_one(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("STEGO_LITE_CACHE", str(tmp_path))
+    source, labels = tiny_source()
+    data = tiny_data(source, labels)
+    passes = []
+    val_batches = data.val_batches
+    data.val_batches = lambda: passes.append(1) or val_batches()   # count the passes over the val set
+    x, y = data.train_tokens(8, seed=0)
+    fitted = {}
+    for d in (2, 4):
+        reducer = A.PCA().fit(x).with_dim(d)
+        fitted["PCA", d] = (reducer, A.fit_probes(reducer.transform(x), y, 3, seed=0, n_init=1))
+    together = A.score_many(fitted, data)
+    assert len(passes) == 1
+    for key, (reducer, probes) in fitted.items():
+        assert together[key] == A.score_probes(reducer, probes, data)
+
+
 def test_convergence_and_distinctness_studies_on_tiny_data(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("STEGO_LITE_CACHE", str(tmp_path))
     source, labels = tiny_source()

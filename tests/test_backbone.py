@@ -369,6 +369,16 @@ def test_unreachable_url_names_url_cache_path_and_file(monkeypatch, tmp_path):
     assert str(tmp_path / "torch" / "hub" / "checkpoints" / VITS16_FILE) in message
 
 
+def test_offline_switch_fails_at_once_without_trying_the_network(monkeypatch, tmp_path):
+    """$STEGO_LITE_OFFLINE (CI's miniature paper world): a missing file is the usual clear error, no download."""
+    monkeypatch.setenv("STEGO_LITE_OFFLINE", "1")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("tried to download"))
+    with pytest.raises(ConnectionError) as caught:
+        load_backbone("dino_vits16", cache_dir=tmp_path, progress=False)
+    message = str(caught.value)
+    assert "STEGO_LITE_OFFLINE is set" in message and str(tmp_path / VITS16_FILE) in message
+
+
 def test_silent_server_times_out(monkeypatch, tmp_path):
     """A server that accepts the connection but never answers: torch.hub alone would wait forever."""
     monkeypatch.setattr(checkpoints, "DOWNLOAD_TIMEOUT_S", 0.5)
@@ -461,3 +471,25 @@ def test_registry_takes_a_backbone_without_weights(monkeypatch):
         model.features(IMG[..., :63, :])
     with pytest.raises(NotImplementedError, match="'patch_mean' has no attention maps"):
         model.attention(IMG)
+
+
+def test_a_registered_weights_source_is_used_by_name(vits16, monkeypatch):
+    """Weights sources are a registry: load_backbone calls the named one, and checks what it covers."""
+    monkeypatch.setattr(checkpoints, "_SOURCES", dict(checkpoints._SOURCES))   # gone after the test
+    calls = []
+
+    def load(name, cache_dir, progress):
+        calls.append((name, cache_dir))
+        return vits16.state_dict(), "vits16 from a test source"
+
+    checkpoints.register_weights_source("test-source", load, backbones=("dino_vits16",))
+    assert "test-source" in checkpoints.weights_sources()
+    model = load_backbone("dino_vits16", weights="test-source", cache_dir="somewhere", progress=False)
+    assert calls == [("dino_vits16", "somewhere")]
+    assert model.weights == "vits16 from a test source" and model.weights_source == "test-source"
+    assert torch.equal(model.features(IMG), vits16.features(IMG))
+    with pytest.raises(ValueError, match="already registered"):
+        checkpoints.register_weights_source("test-source", load)
+    with pytest.raises(ValueError, match=r"has weights for \['dino_vits16'\], not 'dino_vits8'"):
+        load_backbone("dino_vits8", weights="test-source")
+    assert load_backbone("dino_vits16", weights=None).weights_source is None

@@ -70,3 +70,17 @@ def test_extract_takes_globs_and_rejects_absent_parts(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.js", "f1.woff2"]
     with pytest.raises(RuntimeError, match="pkg.tgz has no dist/missing.js"):
         extract(tarball, "dist", ["missing.js"], tmp_path / "out2")
+
+
+def test_smoke_execution_passes_the_scale_and_the_chapters_own_sizes(tmp_path: Path, monkeypatch) -> None:
+    import execute_notebooks
+
+    calls = []
+    monkeypatch.setattr(execute_notebooks.pm, "execute_notebook",
+                        lambda src, dst, parameters, **kwargs: calls.append((Path(src).stem, parameters)))
+    execute_notebooks.execute(["00_how_to_run", "01_dino_features"], "paper", tmp_path, 10, scale="smoke")
+    assert calls == [("00_how_to_run", {"profile": "paper", "scale": "smoke"}),
+                     ("01_dino_features", {"profile": "paper", "scale": "smoke",
+                                           **execute_notebooks.SMOKE_PARAMETERS})]
+    execute_notebooks.execute(["00_how_to_run"], "offline", tmp_path, 10)
+    assert calls[-1] == ("00_how_to_run", {"profile": "offline"})

@@ -60,3 +60,55 @@ def test_bad_inputs_are_named() -> None:
         dense_crf(image.astype(np.float32), probs)
     with pytest.raises(ValueError, match="upsample the probabilities"):
         dense_crf(image, probs[:, :20])
+
+
+def test_stego_hands_pydensecrf_a_truncated_bgr_image(monkeypatch) -> None:
+    """As STEGO's crf.py: the 8-bit image of torchvision's to_pil_image (x * 255, truncated) in BGR order."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from stego_lite import crf, evaluate
+
+    H, W, K = 4, 5, 3
+    whole = np.random.default_rng(0).integers(0, 255, (H, W, 3))
+    rgb = (whole + 0.6) / 255                   # x * 255 = n + 0.6: truncation gives n, rounding n + 1
+    seen = []
+
+    class RecordingCRF:
+        def __init__(self, width, height, classes):
+            assert (width, height, classes) == (W, H, K)
+
+        def setUnaryEnergy(self, unary):
+            pass
+
+        def addPairwiseGaussian(self, **kwargs):
+            pass
+
+        def addPairwiseBilateral(self, *, rgbim, **kwargs):
+            seen.append(np.array(rgbim))
+
+        def inference(self, iterations):
+            return np.full((K, H * W), 1 / K, dtype=np.float32)
+
+    monkeypatch.setattr(crf, "densecrf_module", lambda: SimpleNamespace(DenseCRF2D=RecordingCRF))
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    img = ((torch.from_numpy(rgb).permute(2, 0, 1).float() - mean) / std)[None]
+    evaluate.crf_refine(img, torch.full((1, K, H, W), float(np.log(1 / K))))
+    assert len(seen) == 1 and seen[0].dtype == np.uint8 and seen[0].flags["C_CONTIGUOUS"]
+    assert np.array_equal(seen[0], whole[:, :, ::-1].astype(np.uint8))
+
+
+def test_dense_crf_equals_pydensecrf_on_the_bgr_image() -> None:
+    import pydensecrf.densecrf as dcrf
+
+    image, probs, _ = two_regions()
+    image[:, :, 1] = np.arange(image.shape[1], dtype=np.uint8)[None] * 5   # three different channels
+    K, H, W = probs.shape
+    direct = dcrf.DenseCRF2D(W, H, K)
+    direct.setUnaryEnergy(np.ascontiguousarray(-np.log(probs).reshape(K, -1)))
+    direct.addPairwiseGaussian(sxy=1, compat=3)
+    direct.addPairwiseBilateral(sxy=67, srgb=3, rgbim=np.ascontiguousarray(image[:, :, ::-1]), compat=4)
+    expected = np.asarray(direct.inference(10)).reshape(K, H, W)
+    assert np.allclose(dense_crf(image, probs), expected, atol=1e-6)

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from stego_lite import env
@@ -41,8 +42,48 @@ def test_versions_name_the_library() -> None:
 
 def test_submodules_load_lazily_and_unknown_names_fail() -> None:
     import stego_lite
-    import pytest
 
     assert stego_lite.viz.__name__ == "stego_lite.viz"
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         stego_lite.nope
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available")   # an autocast object is made, never entered
+def test_mixed_precision_is_one_switch_for_cuda_only(monkeypatch) -> None:
+    monkeypatch.delenv(env.AMP_ENV, raising=False)
+    assert env.mixed_precision("cuda") and not env.mixed_precision("cpu") and not env.mixed_precision("mps")
+    context = env.autocast("cuda")
+    assert isinstance(context, torch.autocast) and context.fast_dtype == torch.bfloat16
+    assert not isinstance(env.autocast("cuda", enabled=False), torch.autocast)
+    monkeypatch.setenv(env.AMP_ENV, "0")
+    assert not env.mixed_precision("cuda") and not isinstance(env.autocast("cuda"), torch.autocast)
+
+
+def test_autocast_changes_nothing_on_the_cpu() -> None:
+    from stego_lite.backbone import VisionTransformer
+    from stego_lite.head import SegmentationHead
+
+    torch.manual_seed(0)
+    vit = VisionTransformer("tiny", patch_size=8, embed_dim=16, depth=1, num_heads=2, img_size=16).eval()
+    head = SegmentationHead(16, 4).eval()
+    img = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        plain = head(vit(img))
+        with env.autocast("cpu"):
+            cast = head(vit.features(img))
+    assert cast.dtype == torch.float32 and torch.equal(plain, cast)
+
+
+def test_loader_options_use_workers_and_pinned_memory_on_cuda_only() -> None:
+    assert env.loader_options("cpu") == {} and env.loader_options(torch.device("cpu")) == {}
+    cuda = env.loader_options("cuda")
+    assert cuda["pin_memory"] is True and 1 <= cuda["num_workers"] <= 8
+
+
+def test_offline_switch(monkeypatch) -> None:
+    monkeypatch.delenv(env.OFFLINE_ENV, raising=False)
+    assert not env.offline()
+    monkeypatch.setenv(env.OFFLINE_ENV, "1")
+    assert env.offline()
+    monkeypatch.setenv(env.OFFLINE_ENV, "0")
+    assert not env.offline()

@@ -165,6 +165,12 @@ def test_weights_fingerprint_sees_parameters():
 
     backbone = Conv()
     before = features.weights_fingerprint(backbone)
+    assert features.weights_fingerprint(backbone) == before   # remembered
     with torch.no_grad():
         a.weight[0, 0] += 1
-    assert features.weights_fingerprint(backbone) != before
+    changed = features.weights_fingerprint(backbone)
+    assert changed != before
+    a.weight = torch.nn.Parameter(a.weight.detach().clone())   # a new tensor, the same values
+    assert features.weights_fingerprint(backbone) == changed
+    a.bias = torch.nn.Parameter(torch.zeros(4))
+    assert features.weights_fingerprint(backbone) != changed

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+sys.path.insert(0, str(ROOT / "tools"))
+
+import colab_cells  # noqa: E402
 
 
 def code_cells(nb: dict) -> list[dict]:
@@ -45,7 +49,10 @@ def test_parameters_cell(path: Path) -> None:
         if isinstance(node, ast.Assign):
             assigned[node.targets[0].id] = ast.literal_eval(node.value)
     assert assigned.get("profile") == "offline", f"{path.name}: parameters must set profile = 'offline'"
+    assert assigned.get("scale") == "full", f"{path.name}: parameters must set scale = 'full'"
     assert isinstance(assigned.get("seed"), int), f"{path.name}: parameters must set an integer seed"
+    code = "".join(source(c) for c in code_cells(load(path)))
+    assert "get_profile(profile, scale=scale)" in code, f"{path.name}: pass the scale to the profile"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -55,7 +62,11 @@ def test_first_code_cell_installs_only_on_colab(path: Path) -> None:
     guards = [n for n in tree.body if isinstance(n, ast.If)]
     assert guards and "google.colab" in ast.unparse(guards[0].test), \
         f"{path.name}: the first code cell must install only under `if 'google.colab' in sys.modules:`"
-    assert CONFIG["repository"]["url"] in first, f"{path.name}: install from {CONFIG['repository']['url']}"
+    url, branch = CONFIG["repository"]["url"], CONFIG["repository"].get("branch", "main")
+    assert f"@ git+{url}.git@{branch}\"" in first, f"{path.name}: install from {url}, branch {branch}"
+    code_only = "\n".join(line.split("#")[0] for line in first.splitlines())
+    assert not any(word in code_only for word in ("--upgrade", "-U", "--force-reinstall", "torch")), \
+        f"{path.name}: the install cell must keep Colab's own torch (no upgrade, no torch requirement)"
     # Nothing but imports and the guarded install: elsewhere the cell must do nothing.
     assert all(isinstance(n, (ast.Import, ast.ImportFrom, ast.If)) for n in tree.body)
 
@@ -83,3 +94,30 @@ def test_cells_have_stable_ids(path: Path) -> None:
     wrong = [i for i in ids if not i.startswith(f"ch{path.name[:2]}-") or not i[5:].isdigit()]
     assert not wrong and len(set(ids)) == len(ids), \
         f"{path.name}: cells {wrong or 'with duplicate ids'}; run python tools/notebook_ids.py"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_colab_cells_are_written_from_the_config(path: Path) -> None:
+    """Badge and install cell are what tools/colab_cells.py writes from _config.yml's repository url."""
+    nb = load(path)
+    url, branch = colab_cells.repository()
+    assert colab_cells.generated(nb, path.name, url, branch) == nb, \
+        f"{path.name}: its Colab cells are stale; run python tools/colab_cells.py"
+    needs_crf = "crf=True" in "".join(source(c) for c in code_cells(nb))
+    assert ("stego_lite[crf] @" in source(code_cells(nb)[0])) == needs_crf
+
+
+def test_colab_cells_follow_a_new_repository_address(tmp_path: Path) -> None:
+    config = tmp_path / "_config.yml"
+    text = (ROOT / "_config.yml").read_text().replace(CONFIG["repository"]["url"], "https://github.com/someone/fork")
+    config.write_text(text.replace("branch: main", "branch: dev"))
+    url, branch = colab_cells.repository(config)
+    assert (url, branch) == ("https://github.com/someone/fork", "dev")
+    path = NOTEBOOKS[-1]
+    nb = colab_cells.generated(load(path), path.name, url, branch)
+    title, install = "".join(nb["cells"][0]["source"]), source(code_cells(nb)[0])
+    assert f"https://colab.research.google.com/github/someone/fork/blob/dev/notebooks/{path.name})" in title
+    assert CONFIG["repository"]["url"] not in title + install
+    assert "@ git+https://github.com/someone/fork.git@dev\"" in install
+    ast.parse(install)
+    assert nb["cells"][1:] != load(path)["cells"][1:] and len(nb["cells"]) == len(load(path)["cells"])

@@ -53,6 +53,73 @@ def test_kmeans_reports_non_convergence_and_history() -> None:
     assert seen == [1, 2] and len(result.inertia_history) == 2
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_kmeans_assignment_in_chunks_and_blocks_is_the_plain_formula(metric, monkeypatch) -> None:
+    """Row chunks (one matrix product each) and cache-sized blocks, in place: bit for bit the plain costs."""
+    import stego_lite.kmeans as K
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(333, 12, generator=g)
+    x = F.normalize(x, dim=1) if metric == "cosine" else x
+    centroids = torch.randn(5, 12, generator=g)
+    centroids = F.normalize(centroids, dim=1) if metric == "cosine" else centroids
+    monkeypatch.setattr(K._Rows, "block", 7)
+    labels, costs, second = K._Rows(x, metric, chunk=50).nearest(centroids, second=True)
+    plain = plain_costs(x, centroids, metric)
+    assert torch.equal(costs, plain.min(dim=1).values) and torch.equal(labels, plain.argmin(dim=1))
+    assert torch.equal(second, plain.sort(dim=1).values[:, 1])
+    # and the nearest centroid it is (distances computed another way)
+    other = torch.cdist(x.double(), centroids.double()).argmin(dim=1)
+    assert (labels == other).float().mean() == 1.0
+
+
+def plain_costs(x: torch.Tensor, c: torch.Tensor, metric: str) -> torch.Tensor:
+    dots = x @ c.T
+    return ((1.0 - dots) if metric == "cosine"
+            else (x * x).sum(1, keepdim=True) - 2 * dots + (c * c).sum(1)).clamp_min(0)
+
+
+def plain_lloyd(x: torch.Tensor, centroids: torch.Tensor, metric: str, max_iter: int, tol: float):
+    """Lloyd's iterations recomputing every row's costs: the labels after each, the centroids, n_iter."""
+    threshold, seen = tol * x.var(dim=0).mean().item(), []
+    for n_iter in range(1, max_iter + 1):
+        labels = plain_costs(x, centroids, metric).argmin(dim=1)
+        seen.append(labels)
+        sums = torch.zeros_like(centroids).index_add_(0, labels, x)
+        counts = torch.bincount(labels, minlength=len(centroids)).float()[:, None]
+        new = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
+        new = F.normalize(new, dim=1) if metric == "cosine" else new
+        shift, centroids = ((new - centroids) ** 2).sum().item(), new
+        if shift <= threshold:
+            break
+    return seen, centroids, n_iter
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("spread", [1.0, 0.5])
+def test_kmeans_with_bounds_equals_recomputing_every_row(metric, spread, monkeypatch) -> None:
+    """Hamerly's bounds skip rows, never change a label: every iteration equals the plain algorithm."""
+    import stego_lite.kmeans as K
+
+    g = torch.Generator().manual_seed(5)
+    x, _ = blobs(300, spread * torch.randn(8, 16, generator=g), 1.0, seed=5)
+    unit = F.normalize(x, dim=1) if metric == "cosine" else x
+    recomputed, nearest = [], K._Rows.nearest
+    monkeypatch.setattr(K._Rows, "nearest", lambda self, c, rows=None, second=False: recomputed.append(
+        len(self.x) if rows is None else len(rows)) or nearest(self, c, rows, second))
+    seen = []
+    result = kmeans(x, 8, metric=metric, n_init=1, max_iter=60, seed=3,
+                    on_iteration=lambda i, labels: seen.append(labels.clone()))
+    moves = recomputed[2:-1]   # after k-means++ and the first full assignment, before the final one
+    start = K.kmeans_plus_plus(unit, 8, metric, torch.Generator().manual_seed(3))
+    expected, centroids, n_iter = plain_lloyd(unit, start, metric, max_iter=60, tol=1e-4)
+    assert result.n_iter == n_iter >= 5 and len(seen) == len(expected)
+    assert len(moves) == n_iter - 1 and moves[-1] < 0.25 * len(x)   # the bounds spared most rows
+    assert all(torch.equal(a, b) for a, b in zip(seen, expected))
+    assert torch.equal(result.centroids, centroids)
+    assert result.inertia == plain_costs(unit, centroids, metric).min(dim=1).values.sum().item()
+
+
 def test_kmeans_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="unknown metric"):
         kmeans(torch.randn(10, 2), 2, metric="manhattan")

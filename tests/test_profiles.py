@@ -72,3 +72,74 @@ def test_a_registered_profile_trains_and_evaluates(monkeypatch, tmp_path: Path) 
         profiles.register_profile(profiles.Profile(
             "tiny2", dataclasses.replace(preset, dim=8), sweep, needs="", photos_in_domain=False))
     assert torch.is_tensor(scores["cluster_confusion"])
+
+
+def test_smoke_scale_shrinks_sizes_and_nothing_else() -> None:
+    import dataclasses
+
+    from stego_lite.profiles import SWEEP_SIZES
+
+    full, smoke = get_profile("paper"), get_profile("paper", scale="smoke")
+    assert (full.scale, smoke.scale) == ("full", "smoke") and smoke == full.scaled("smoke")
+    assert get_profile("paper", scale="full") is full and smoke.scaled("smoke") is smoke
+    # sizes: images, resolutions, iterations, the D grid and the sweep's samples
+    assert (smoke.train_res, smoke.eval_res) == (32, 32) and (full.train_res, full.eval_res) == (224, 320)
+    assert (smoke.preset.data.train_images, smoke.preset.data.val_images) == (512, 32)
+    assert smoke.preset.steps < full.preset.steps and smoke.preset.batch_size < full.preset.batch_size
+    assert set(smoke.sweep.dims) < set(full.sweep.dims) and smoke.sweep.head_steps < full.sweep.head_steps
+    # nothing else: backbone, weights, data, loss, learning rates, the sweep's method
+    same_preset = {f.name for f in dataclasses.fields(full.preset)} - {"data", "steps", "batch_size"}
+    assert all(getattr(smoke.preset, f) == getattr(full.preset, f) for f in same_preset)
+    data_sizes = {"train_res", "eval_res", "train_images", "val_images"}
+    assert all(getattr(smoke.preset.data, f.name) == getattr(full.preset.data, f.name)
+               for f in dataclasses.fields(full.preset.data) if f.name not in data_sizes)
+    assert all(getattr(smoke.sweep, f.name) == getattr(full.sweep, f.name)
+               for f in dataclasses.fields(full.sweep) if f.name not in SWEEP_SIZES)
+    for name in ("name", "released", "photos_in_domain", "needs"):
+        assert getattr(smoke, name) == getattr(full, name)
+    assert smoke.train_config(seed=1).loss == full.train_config(seed=1).loss
+
+
+def test_unknown_scales_and_non_size_changes_are_refused() -> None:
+    from stego_lite.profiles import Scale
+
+    with pytest.raises(ValueError, match=r"profile 'offline' has no scale 'smoke'; choose one of \['full'\]"):
+        get_profile("offline", scale="smoke")
+    with pytest.raises(ValueError, match=r"choose one of \['full', 'smoke'\]"):
+        get_profile("paper", scale="tiny")
+    with pytest.raises(ValueError, match="already scaled"):
+        get_profile("paper", scale="smoke").scaled("full")
+    with pytest.raises(ValueError, match=r"changes only sizes; \['loss_preset'\]"):
+        Scale("bad", 32, 32, None, None, 1, 2, sweep={"dims": (3,), "loss_preset": "synthstuff"})
+
+
+def test_a_scaled_synthstuff_profile_generates_smaller_data(monkeypatch, tmp_path: Path) -> None:
+    import dataclasses
+
+    from stego_lite import profiles
+
+    monkeypatch.setenv("STEGO_LITE_CACHE", str(tmp_path))
+    offline = PROFILES["offline"]
+    small = profiles.Scale("small", 32, 32, train_images=3, val_images=2, steps=2, batch_size=2)
+    p = dataclasses.replace(offline, scales=(small,)).scaled("small")
+    train, val = p.train_set(), p.val_set()
+    assert (len(train), len(val)) == (3, 2) and train[0]["image"].shape == (3, 32, 32)
+    assert p.train_config().steps == 2 and p.sweep == offline.sweep
+
+
+def test_first_images_answers_as_its_dataset(tmp_path: Path) -> None:
+    folder = tmp_path / "own"
+    (folder / "imgs" / "val").mkdir(parents=True)
+    for i in range(5):
+        from PIL import Image
+
+        Image.new("RGB", (16, 16), (i, 0, 0)).save(folder / "imgs" / "val" / f"{i}.png")
+    full = data.ImageFolder(folder, "val", n_classes=3, transform=data.SegTransform(16))
+    first = data.FirstImages(full, 3)
+    assert len(first) == 3 and len(data.FirstImages(full, 99)) == 5
+    assert first.classes == full.classes and first.name == "directory" and first.split == "val"
+    assert first.load(2)[0].getpixel((0, 0)) == (2, 0, 0) and first[1]["index"] == 1
+    with pytest.raises(IndexError):
+        first[3]
+    with pytest.raises(ValueError, match="at least one"):
+        data.FirstImages(full, 0)

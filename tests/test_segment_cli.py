@@ -16,13 +16,13 @@ from PIL import Image
 
 import stego_lite
 import stego_lite.backbone as bb
-from stego_lite import train as T
 from stego_lite.__main__ import main
 from stego_lite.evaluate import StegoModel, load_model, save_model
 from stego_lite.released import RELEASED, load_released
 from test_knn import Images, PoolBackbone
 from test_model_file import released_parts, trained_like
 from test_released import lightning_state, save_checkpoint, tiny_vit
+from test_train import serve_as_synthstuff
 
 KINDS = ("cluster", "cluster_overlay", "linear", "linear_overlay")
 
@@ -68,9 +68,9 @@ def test_folder_with_a_broken_file(photos, model_file, tmp_path, capsys):
     assert "could not segment broken.png" in stderr and "a.png" not in stderr
     assert "2 of 3 images segmented; 8 PNG files" in stdout
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{s}_{k}.png" for s in "ab" for k in KINDS)
-    expected = stego_lite.segment(photos / "a.png", model)[0]  # the model's own size: res=48 -> 48 x 72
+    expected = stego_lite.segment(photos / "a.png", model)[0]  # seen at res=48 (48 x 72), written at 32 x 48
     cluster = np.asarray(Image.open(out / "a_cluster.png"))
-    assert cluster.shape == (48, 72) and np.array_equal(cluster, expected.cluster)
+    assert cluster.shape == (32, 48) and np.array_equal(cluster, expected.cluster)
     assert np.array_equal(np.asarray(Image.open(out / "a_linear.png")), expected.linear)
     assert np.array_equal(np.asarray(Image.open(out / "a_linear_overlay.png")), expected.linear_overlay)
 
@@ -80,12 +80,12 @@ def test_options_reach_the_segmentation(photos, model_file, tmp_path, capsys):
     (photos / "broken.png").unlink()
     out = tmp_path / "out"
     args = ["--checkpoint", str(path), "--images", str(photos), "--out", str(out)]
-    code, _, stderr = run(capsys, *args, "--res", "24", "--no-flip", "--assignment", "3,0,2")
+    code, _, stderr = run(capsys, *args, "--res", "24", "--no-flip", "--assignment", "3,0,2", "--model-res")
     assert code == 0 and stderr == ""
     expected = stego_lite.segment(photos / "b.jpg", model, res=24, flip_tta=False,
-                                  assignment=np.array([3, 0, 2]))[0]
+                                  assignment=np.array([3, 0, 2]), keep_model_res=True)[0]
     cluster = np.asarray(Image.open(out / "b_cluster.png"))
-    assert cluster.shape == (24, 32)  # 24 x 36, trimmed to the 8-px patch grid
+    assert cluster.shape == (24, 32)  # --model-res: 24 x 36, trimmed to the 8-px patch grid
     assert np.array_equal(cluster, np.where(expected.cluster < 0, 255, expected.cluster))
     assert set(np.unique(cluster)) <= {0, 1, 2, 255}  # class ids, 255 where the cluster matches no class
 
@@ -149,7 +149,7 @@ def test_train_with_probes_writes_a_model_that_segment_reads(photos, tmp_path, m
     real_load = bb.load_backbone
     monkeypatch.setattr(bb, "load_backbone",
                         lambda name, weights="official", **kw: real_load("pool", weights, **kw))
-    monkeypatch.setattr(T, "training_set", lambda preset: LabelledImages(n=40))
+    serve_as_synthstuff(monkeypatch, LabelledImages(n=40))
     run_dir = tmp_path / "run"
     assert main(["train", "--preset", "synthstuff", "--steps", "3", "--batch-size", "4", "--dim", "3",
                  "--device", "cpu", "--no-progress", "--run-dir", str(run_dir), "--probes"]) == 0

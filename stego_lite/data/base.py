@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from .transforms import SegTransform
 
@@ -109,3 +109,21 @@ class SegDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(n={len(self)}, n_classes={self.n_classes})"
+
+
+class FirstImages(Subset):
+    """The first `n` items of a dataset, which still answers as that dataset does (classes, palette, load,
+    name, split, ...); a `Subset`, so that feature caches key it by its parent and its indices."""
+
+    def __init__(self, dataset: Dataset, n: int) -> None:
+        if n < 1:
+            raise ValueError(f"need at least one image, got n={n}")
+        super().__init__(dataset, range(min(n, len(dataset))))
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":   # not set yet (e.g. while unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __repr__(self) -> str:
+        return f"FirstImages({self.dataset!r}, n={len(self)})"

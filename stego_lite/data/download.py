@@ -11,7 +11,7 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from ..env import data_dir
+from ..env import OFFLINE_ENV, data_dir, offline
 from ..files import folder_lock, staging_dir
 from ..progress import progress as progress_bar
 from .base import STEGO_ZIP_URL
@@ -26,6 +26,8 @@ class DownloadError(RuntimeError):
 
 def _fetch(url: str, dest: Path, timeout: float, progress: bool) -> None:
     try:
+        if offline():
+            raise OSError(f"${OFFLINE_ENV} is set, so nothing is downloaded")
         response = urllib.request.urlopen(url, timeout=timeout)
     except OSError as err:
         raise DownloadError(f"cannot download {url}: {err}. Check the network, or download the file "

@@ -102,10 +102,10 @@ def five_crop(source: str | SegDataset, split: str = "train", *, root: str | Pat
 def _run(jobs: list, source: SegDataset, workers: int, progress: bool) -> None:
     bar = progress_bar(enabled=progress, total=len(jobs), desc="five-crop", unit="chunk")
     if workers:
-        from concurrent.futures import ProcessPoolExecutor
+        from stego_lite.workers import process_pool
 
         n = min(workers, os.cpu_count() or 1)
-        with ProcessPoolExecutor(max_workers=n, initializer=_init_worker, initargs=(source,)) as pool:
+        with process_pool(n, _init_worker, (source,)) as pool:
             for _ in pool.map(_crop_range, jobs):
                 bar.update()
     else:

@@ -101,6 +101,12 @@ class Cityscapes27(SegDataset):
         self.label_files = [
             label_dir / f.parent.name / f.name.replace("_leftImg8bit.png", "_gtFine_labelIds.png")
             for f in self.image_files]
+        # an image is found by listing, so a missing one would only shrink the split: its label tells
+        listed = set(self.label_files)
+        for label in sorted(label_dir.glob("*/*_gtFine_labelIds.png")):
+            if label not in listed:
+                image = image_dir / label.parent.name / label.name.replace("_gtFine_labelIds", "_leftImg8bit")
+                raise missing("cityscapes", image, self.root)
 
     def __len__(self) -> int:
         return len(self.image_files)
@@ -197,11 +203,14 @@ class FiveCropDataset(SegDataset):
         for folder in (self.image_dir, self.label_dir):
             if not folder.is_dir():
                 raise missing("cropped", folder, self.root, what="folder")
-        self.n = sum(1 for f in self.image_dir.iterdir() if f.suffix == ".jpg")
-        n_labels = sum(1 for f in self.label_dir.iterdir() if f.suffix == ".png")
-        if self.n != n_labels:
-            raise ValueError(f"{self.image_dir} has {self.n} images but {self.label_dir} has {n_labels} "
-                             "labels; rebuild it with python -m stego_lite five-crop")
+        stems = [{f.stem for f in folder.iterdir() if f.suffix == suffix}
+                 for folder, suffix in ((self.image_dir, ".jpg"), (self.label_dir, ".png"))]
+        self.n = max(len(found) for found in stems)   # crops 0..n-1, each with its image and its label
+        for found, folder, suffix in zip(stems, (self.image_dir, self.label_dir), (".jpg", ".png")):
+            absent = sorted(set(map(str, range(self.n))) - found, key=int)
+            if absent:
+                raise missing("cropped", folder / f"{absent[0]}{suffix}", self.root,
+                              what=f"crop ({len(absent)} of {self.n} missing)")
         self.lut = np.arange(-1, len(self.classes))   # stored value v -> class v - 1; 0 -> ignore
 
     def __len__(self) -> int:

@@ -31,6 +31,7 @@ from PIL import Image
 
 from ..env import cache_dir
 from ..files import folder_lock, read_json, replace_tree, staging_dir, write_json_atomic
+from ..progress import progress as progress_bar
 from .nuisance import NUISANCE_VERSION, Nuisance
 from .scenes import CLASSES, PALETTE, STUFF_CLASSES, THING_CLASSES, SceneType, render_scene, scene_types
 from .stego_sets import ImageFolder
@@ -129,14 +130,18 @@ def _render_all(out: Path, seed: int, split: str, n_images: int, image_size: int
     step = max(1, min(50, -(-n_images // (4 * workers))))   # about 4 chunks per worker, at most 50 images
     chunks = [(out, seed, split, image_size, s, min(s + step, n_images), *world)
               for s in range(0, n_images, step)]
+    bar = progress_bar(total=n_images, desc=f"SynthStuff {split}", unit="image", enabled=None)
     if workers <= 1 or len(chunks) == 1:
         for chunk in chunks:
             _render_range(chunk)
-        return
-    from concurrent.futures import ProcessPoolExecutor
+            bar.update(chunk[5] - chunk[4])
+    else:
+        from stego_lite.workers import process_pool
 
-    with ProcessPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
-        list(pool.map(_render_range, chunks))   # every file depends on its index only: order is irrelevant
+        with process_pool(min(workers, len(chunks))) as pool:   # every file depends on its index only
+            for chunk, _ in zip(chunks, pool.map(_render_range, chunks)):
+                bar.update(chunk[5] - chunk[4])
+    bar.close()
 
 
 def generate_synthstuff(root: str | Path | None, split: str, *, n_images: int, image_size: int, seed: int = 0,
