@@ -388,7 +388,11 @@ def world_profile(scenes: bool, nuisance: bool) -> Profile:
                                  source="the synthstuff preset on a SynthStuff world (stego_lite.worlds)")
     sweep = SweepConfig(dims=(3, 6, 12, 24), seeds=(0, 1, 2), loss_preset=name, head_steps=100, head_batch=8,
                         head_lr=2e-3, fit_images=None, tokens_per_image=16, kmeans_n_init=2, linear_max_iter=50)
-    return Profile(name, preset, sweep, needs="a CPU; no network", photos_in_domain=False)
+    # "smoke" (chapter 4 at the smoke scale): 48 / 8 images of 32 px (the KNN lists keep 30 neighbours), heads
+    # at D = 3 and 6 for 4 iterations of batch 4, 4 tokens per image
+    smoke = Scale("smoke", train_res=32, eval_res=32, train_images=48, val_images=8, steps=4, batch_size=4,
+                  sweep={"dims": (3, 6), "head_steps": 4, "head_batch": 4, "tokens_per_image": 4})
+    return Profile(name, preset, sweep, needs="a CPU; no network", photos_in_domain=False, scales=(smoke,))
 
 
 for _scenes, _nuisance in ((False, False), (True, False), (False, True), (True, True)):

@@ -310,3 +310,13 @@ def test_study_of_a_tiny_world_runs_end_to_end_and_reads_back(monkeypatch, tmp_p
     assert list((tmp_path / "analysis").glob("studied-world-tiny-*.done"))
     again = worlds.study_all({"world-tiny": tiny})["world-tiny"]   # read back, no worker started
     pd.testing.assert_frame_equal(first.table, again.table)
+
+
+def test_a_world_at_the_smoke_scale_keeps_its_switches_and_shrinks() -> None:
+    world = profiles.get_world("world-scenes-nuisance")
+    smoke = world.scaled("smoke")
+    config = smoke.preset.data.resolved()
+    assert (config.image_size, config.n_train, config.n_val) == (32, 48, 8)
+    assert (config.scenes, config.nuisance) == (True, True) and smoke.dataset == world.dataset
+    assert smoke.sweep_config().dims == (3, 6) and smoke.sweep_config().seeds == world.sweep_config().seeds
+    assert world.scaled("full") is world

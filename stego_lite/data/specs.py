@@ -62,11 +62,12 @@ class SynthStuffData:
 
     def resized(self, train_res: int, eval_res: int, train_images: int | None,
                 val_images: int | None) -> SynthStuffData:
-        """Smaller generated images (one size for both splits: `train_res`) and fewer of them."""
+        """Smaller generated images (one size for both splits: `train_res`) and fewer of them; the sizes join
+        `changes`, so that they replace a world's sizes there too."""
         config = self.resolved()
-        config = dataclasses.replace(config, image_size=train_res, n_train=train_images or config.n_train,
-                                     n_val=val_images or config.n_val)
-        return dataclasses.replace(self, config=config)
+        sizes = {"image_size": train_res, "n_train": train_images or config.n_train,
+                 "n_val": val_images or config.n_val}
+        return dataclasses.replace(self, changes=tuple({**dict(self.changes), **sizes}.items()))
 
 
 @dataclass(frozen=True)
