@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from stego_lite import cache, published
-from stego_lite.analysis import SweepData, cached_frames, dimension_sweep, sweep_inputs
+from stego_lite.analysis import SweepData, cached_frames, dimension_sweep, distinctness_study, sweep_inputs
 from stego_lite.env import cache_dir
 from stego_lite.files import write_atomic
 from stego_lite.knn import NUM_NEIGHBORS, sample_positives
@@ -252,6 +252,7 @@ class WorldStudy:
     config: SweepConfig
     table: pd.DataFrame | None
     head_seconds: float        # training time of the heads of every seed (when they were trained)
+    distinct: pd.DataFrame | None = None   # chapter 05's distinctness indices (None if not asked for)
 
 
 @contextmanager
@@ -266,29 +267,32 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def study(world: Profile, *, sweep: bool = True, backbone=None, device=None) -> WorldStudy:
-    """The world's preconditions and, with `sweep`, its heads and sweep table; everything cached."""
+def study(world: Profile, *, sweep: bool = True, distinct: bool = False, backbone=None,
+          device=None) -> WorldStudy:
+    """The world's preconditions and, with `sweep`, its heads and sweep table, and with `distinct` also
+    the distinctness indices of every representation (`analysis.distinctness_study`); everything cached."""
     with one_thread():
         backbone = backbone if backbone is not None else world.load_backbone(device)
         source, data = sweep_inputs(world, backbone, device=device)
         pre = preconditions(world, source, data)
         cfg = world_sweep(world, pre)
-        if not sweep:
+        if not (sweep or distinct):
             return WorldStudy(world, pre, cfg, None, 0.0)
         headsets = {s: sweep_heads(cfg, source, s, device=device) for s in cfg.seeds}
         table = dimension_sweep(cfg, data, headsets)
-    return WorldStudy(world, pre, cfg, table, sum(h.seconds for h in headsets.values()))
+        distinct_table = distinctness_study(cfg, data, headsets) if distinct else None
+    return WorldStudy(world, pre, cfg, table, sum(h.seconds for h in headsets.values()), distinct_table)
 
 
-def _study_by_name(name: str, sweep: bool) -> None:
+def _study_by_name(name: str, sweep: bool, distinct: bool) -> None:
     """Worker: one registered world's study, for its side effect (the cache)."""
     from stego_lite.profiles import get_world
 
-    study(get_world(name), sweep=sweep)
+    study(get_world(name), sweep=sweep, distinct=distinct)
 
 
-def study_all(worlds: Mapping[str, Profile], *, sweep: bool = True, workers: int | None = None,
-              device=None) -> dict[str, WorldStudy]:
+def study_all(worlds: Mapping[str, Profile], *, sweep: bool = True, distinct: bool = False,
+              workers: int | None = None, device=None) -> dict[str, WorldStudy]:
     """`study` of every world (name -> profile). Their data are generated first; then, with `workers` > 1
     (default: the CPU count, at most one per world), the registered worlds not studied before are computed
     in that many processes on one thread each, and everything is read back here from the cache."""
@@ -296,24 +300,28 @@ def study_all(worlds: Mapping[str, Profile], *, sweep: bool = True, workers: int
 
     for world in worlds.values():      # generation has its own processes
         world.train_set(), world.val_set()
-    names = [n for n, w in worlds.items() if WORLDS.get(n) == w and not _done(w, sweep).exists()]
+    sweep = sweep or distinct      # the indices need the sweep's heads
+    names = [n for n, w in worlds.items() if WORLDS.get(n) == w and not _done(w, sweep, distinct).exists()]
     workers = min(os.cpu_count() or 1, len(names)) if workers is None else workers
     if workers > 1 and len(names) > 1:
         from concurrent.futures import ProcessPoolExecutor
         from multiprocessing import get_context
 
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            list(pool.map(_study_by_name, names, [sweep] * len(names)))
-    studies = {name: study(world, sweep=sweep, device=device) for name, world in worlds.items()}
+            list(pool.map(_study_by_name, names, [sweep] * len(names), [distinct] * len(names)))
+    studies = {name: study(world, sweep=sweep, distinct=distinct, device=device)
+               for name, world in worlds.items()}
     for world in worlds.values():
-        write_atomic(_done(world, sweep), lambda tmp: tmp.write_text("read back from the cache\n"))
+        write_atomic(_done(world, sweep, distinct), lambda tmp: tmp.write_text("read back from the cache\n"))
     return studies
 
 
-def _done(world: Profile, sweep: bool) -> Path:
+def _done(world: Profile, sweep: bool, distinct: bool = False) -> Path:
     """A marker that `study_all` read this world's study back once: later calls skip the worker processes
     (their start costs seconds); if a cached result has gone meanwhile, `study` simply recomputes it here."""
     spec = {"world": repr(world), "sweep": sweep, "version": CACHE_VERSION}
+    if distinct:
+        spec["distinct"] = True
     return cache.keyed_path(cache_dir() / "analysis", f"studied-{world.name}", spec, ".done")
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from stego_lite import data, profiles, worlds
+from stego_lite import analysis, data, profiles, worlds
 from stego_lite.data import SynthStuff, SynthStuffConfig, normalize, synthstuff_sample
 from stego_lite.loss import LossConfig
 from stego_lite.sources import FeatureSource
@@ -310,6 +310,20 @@ def test_study_of_a_tiny_world_runs_end_to_end_and_reads_back(monkeypatch, tmp_p
     assert list((tmp_path / "analysis").glob("studied-world-tiny-*.done"))
     again = worlds.study_all({"world-tiny": tiny})["world-tiny"]   # read back, no worker started
     pd.testing.assert_frame_equal(first.table, again.table)
+    assert again.distinct is None
+
+    # chapter 05's indices on the same heads: the sweep is unchanged, raw equals distinctness on the sample
+    indexed = worlds.study_all({"world-tiny": tiny}, distinct=True, workers=1)["world-tiny"]
+    pd.testing.assert_frame_equal(first.table, indexed.table)
+    table = indexed.distinct
+    assert set(table.method) == {"STEGO", "PCA", "RP", "raw"} and set(table.seed) == {0, 1}
+    assert set(table[table.method == "STEGO"].dim) == {2, 4}
+    _, data = analysis.sweep_inputs(tiny, tiny.load_backbone("cpu"))
+    x, y = data.val_tokens(indexed.config.distinct_tokens, indexed.config.seeds[0])
+    expected = analysis.distinctness(x, y)
+    raw = table[(table.method == "raw") & (table.seed == 0)].iloc[0]
+    for metric, value in expected.items():
+        assert raw[metric] == pytest.approx(value, rel=1e-4, abs=1e-6)
 
 
 def test_a_world_at_the_smoke_scale_keeps_its_switches_and_shrinks() -> None:
