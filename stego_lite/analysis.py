@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 # The studies' building blocks live in modules of their own; `noqa: F401` marks names re-exported here.
 from stego_lite.cluster_quality import (  # noqa: F401
     DISTINCTNESS, calinski_harabasz, class_cosine_distances, davies_bouldin, distinctness, intra_inter_ratio,
-    pairwise_distances, silhouette,
+    more_distinct, pairwise_distances, silhouette,
 )
 from stego_lite import cache
 from stego_lite.env import cache_dir

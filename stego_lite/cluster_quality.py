@@ -119,6 +119,12 @@ def intra_inter_ratio(x: Tensor, labels: Tensor) -> float:
 
 
 DISTINCTNESS = ("silhouette", "davies_bouldin", "calinski_harabasz", "intra_inter")
+HIGHER_IS_DISTINCT = ("silhouette", "calinski_harabasz")   # for the other two, lower is more distinct
+
+
+def more_distinct(a: float, b: float, metric: str) -> bool:
+    """Whether the value `a` of the index `metric` (one of DISTINCTNESS) is more distinct than `b`."""
+    return a > b if metric in HIGHER_IS_DISTINCT else a < b
 
 
 def distinctness(x: Tensor, labels: Tensor) -> dict[str, float]:

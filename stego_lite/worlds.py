@@ -53,6 +53,7 @@ from stego_lite.reducers import PCA, Identity
 from stego_lite.token_probes import fit_probes, score_probes
 from stego_lite.train import EpochOrder
 from stego_lite.train_heads import sweep_heads
+from stego_lite.workers import process_pool
 
 if TYPE_CHECKING:
     from stego_lite.profiles import Profile, SweepConfig
@@ -269,8 +270,9 @@ def one_thread() -> Iterator[None]:
 
 def study(world: Profile, *, sweep: bool = True, distinct: bool = False, backbone=None,
           device=None) -> WorldStudy:
-    """The world's preconditions and, with `sweep`, its heads and sweep table, and with `distinct` also
-    the distinctness indices of every representation (`analysis.distinctness_study`); everything cached."""
+    """The world's preconditions; with `sweep` or `distinct`, its heads, and with them the sweep table
+    (`sweep`) and the distinctness indices of every representation (`distinct`, chapter 05's
+    `analysis.distinctness_study`); everything cached."""
     with one_thread():
         backbone = backbone if backbone is not None else world.load_backbone(device)
         source, data = sweep_inputs(world, backbone, device=device)
@@ -279,7 +281,7 @@ def study(world: Profile, *, sweep: bool = True, distinct: bool = False, backbon
         if not (sweep or distinct):
             return WorldStudy(world, pre, cfg, None, 0.0)
         headsets = {s: sweep_heads(cfg, source, s, device=device) for s in cfg.seeds}
-        table = dimension_sweep(cfg, data, headsets)
+        table = dimension_sweep(cfg, data, headsets) if sweep else None
         distinct_table = distinctness_study(cfg, data, headsets) if distinct else None
     return WorldStudy(world, pre, cfg, table, sum(h.seconds for h in headsets.values()), distinct_table)
 
@@ -300,14 +302,10 @@ def study_all(worlds: Mapping[str, Profile], *, sweep: bool = True, distinct: bo
 
     for world in worlds.values():      # generation has its own processes
         world.train_set(), world.val_set()
-    sweep = sweep or distinct      # the indices need the sweep's heads
     names = [n for n, w in worlds.items() if WORLDS.get(n) == w and not _done(w, sweep, distinct).exists()]
     workers = min(os.cpu_count() or 1, len(names)) if workers is None else workers
     if workers > 1 and len(names) > 1:
-        from concurrent.futures import ProcessPoolExecutor
-        from multiprocessing import get_context
-
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        with process_pool(workers) as pool:
             list(pool.map(_study_by_name, names, [sweep] * len(names), [distinct] * len(names)))
     studies = {name: study(world, sweep=sweep, distinct=distinct, device=device)
                for name, world in worlds.items()}

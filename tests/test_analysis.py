@@ -126,6 +126,8 @@ def test_distinctness_ignores_unlabelled_rows_and_ranks_separated_classes_higher
     assert sharp["silhouette"] > loose["silhouette"] and sharp["intra_inter"] < loose["intra_inter"]
     assert sharp["davies_bouldin"] < loose["davies_bouldin"]
     assert sharp["calinski_harabasz"] > loose["calinski_harabasz"]
+    for m in A.DISTINCTNESS:          # each index's direction, as the asserts above spell it out
+        assert A.more_distinct(sharp[m], loose[m], m) and not A.more_distinct(loose[m], sharp[m], m)
     with pytest.raises(ValueError, match="at least 2 distinct labels"):
         A.silhouette(x, torch.zeros(len(x), dtype=torch.long))
 

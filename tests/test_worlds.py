@@ -324,6 +324,9 @@ def test_study_of_a_tiny_world_runs_end_to_end_and_reads_back(monkeypatch, tmp_p
     raw = table[(table.method == "raw") & (table.seed == 0)].iloc[0]
     for metric, value in expected.items():
         assert raw[metric] == pytest.approx(value, rel=1e-4, abs=1e-6)
+    only = worlds.study_all({"world-tiny": tiny}, sweep=False, distinct=True, workers=1)["world-tiny"]
+    assert only.table is None        # chapter 05 needs the heads, not the sweep table
+    pd.testing.assert_frame_equal(only.distinct, table)
 
 
 def test_a_world_at_the_smoke_scale_keeps_its_switches_and_shrinks() -> None:
