@@ -83,11 +83,14 @@ class StegoModel:
         """The head's code: (B, 3, H, W) -> (B, D, H/p, W/p), averaged over a horizontal flip if asked."""
         from stego_lite.env import autocast
 
+        # the backbone applies its own autocast (none for one that opts out, as texture_bank does: an
+        # enclosing autocast would override that), so only the head runs under this one, as in training
+        feats = self.backbone.features(img)
+        flipped = self.backbone.features(img.flip(-1)) if flip_tta else None
         with autocast(img.device):   # bfloat16 on CUDA (the one switch), nothing elsewhere
-            code = self.head(self.backbone.features(img)).float()
-            if flip_tta:
-                flipped = self.head(self.backbone.features(img.flip(-1))).float()
-                code = (code + flipped.flip(-1)) / 2
+            code = self.head(feats).float()
+            if flipped is not None:
+                code = (code + self.head(flipped).float().flip(-1)) / 2
         return code
 
     @torch.no_grad()

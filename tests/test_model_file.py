@@ -187,3 +187,33 @@ def test_segment_uses_the_model_size():
     assert stego_lite.segment(rgb, model, keep_model_res=True)[0].cluster.shape == (16, 24)
     model.res = None
     assert stego_lite.segment(rgb, model, flip_tta=False, keep_model_res=True)[0].cluster.shape == (320, 480)
+
+
+def test_the_backbone_runs_outside_the_heads_autocast(monkeypatch):
+    """`code` puts only the head under env.autocast: an enclosing autocast would override a backbone's own
+    choice (texture_bank opts out of bfloat16 on CUDA), so the backbone must run outside it."""
+    import contextlib
+
+    import stego_lite.env as env
+
+    inside = []
+
+    @contextlib.contextmanager
+    def recording_autocast(device, enabled=True):
+        inside.append(True)
+        try:
+            yield
+        finally:
+            inside.pop()
+
+    model = trained_like(bb.load_backbone("texture_bank"))
+    seen = []
+    real = model.backbone.features
+    monkeypatch.setattr(model.backbone, "features", lambda img: (seen.append(bool(inside)), real(img))[1])
+    monkeypatch.setattr(env, "autocast", recording_autocast)
+    plain = model.code(IMG, flip_tta=True)
+    assert seen == [False, False]        # both the image and its flip, outside the head's autocast
+    expected = model.head(real(IMG))
+    expected = (expected + model.head(real(IMG.flip(-1))).flip(-1)) / 2
+    assert torch.allclose(plain, expected, atol=1e-6)
+
