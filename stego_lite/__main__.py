@@ -403,8 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _user_errors() as err:
         if args.debug:
             raise
-        print(f"python -m stego_lite {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(str(err), args.command)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

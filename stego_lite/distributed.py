@@ -326,10 +326,11 @@ def load_or_compute(path: Path, spec: Any, compute: Callable[[], T], *, version:
     if everywhere(value is not None, f"looking up {path.name}"):
         return value
     result = compute()
-    if is_main():
-        cache.load_or_compute(path, spec, lambda: result, version=version, mmap=mmap)
+    if is_main():   # writes the file and returns what it reads back, as the other ranks read it
+        value = cache.load_or_compute(path, spec, lambda: result, version=version, mmap=mmap)
     barrier(f"waiting for rank 0 to write {path.name}")
-    value = cache.read(path, spec, version=version, mmap=mmap)
+    if not is_main():
+        value = cache.read(path, spec, version=version, mmap=mmap)
     if value is None:
         raise OSError(f"rank {rank()} cannot read {path}, which rank 0 wrote: every rank must see the same "
                       "cache folder (put $STEGO_LITE_CACHE on a file system that every node mounts)")

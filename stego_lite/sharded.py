@@ -108,8 +108,8 @@ def cached_features(backbone: Backbone, dataset: Dataset, *, batch_size: int = 6
         if not distributed.is_main():
             return None
         parts = _all_shards(folder, {**spec, "batch_size": batch_size}, n, size)
-        return feature_record(torch.cat([p["feats"] for p in parts]), torch.cat([p["labels"].long()
-                                                                                for p in parts]))
+        # the shards' compact label types promote to the widest of them; feature_record compacts again
+        return feature_record(torch.cat([p["feats"] for p in parts]), torch.cat([p["labels"] for p in parts]))
 
     data = distributed.load_or_compute(cache_path(key), spec, compute, version=FORMAT_VERSION, mmap=True)
     if distributed.is_main():
