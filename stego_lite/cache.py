@@ -73,7 +73,7 @@ def read(path: Path, spec: Any, *, version: int, mmap: bool = False) -> Any | No
         return None
     try:
         stored = torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
-        if stored["spec"] != _canonical(spec) or stored["version"] != version:
+        if stored["spec"] != canonical(spec) or stored["version"] != version:
             return None
         if stored["checksum"] != checksum(stored["value"]):
             return None
@@ -84,7 +84,7 @@ def read(path: Path, spec: Any, *, version: int, mmap: bool = False) -> Any | No
 
 def write(path: Path, spec: Any, value: Any, *, version: int) -> None:
     """Store `value` at `path` with its spec, version and checksum, atomically."""
-    record = {"spec": _canonical(spec), "version": version, "checksum": checksum(value), "value": value}
+    record = {"spec": canonical(spec), "version": version, "checksum": checksum(value), "value": value}
     write_atomic(path, lambda tmp: torch.save(record, tmp))
 
 
@@ -110,6 +110,6 @@ def load_or_compute(path: Path, spec: Any, compute: Callable[[], T], *, version:
     return value
 
 
-def _canonical(spec: Any) -> Any:
+def canonical(spec: Any) -> Any:
     """The spec as JSON reads it back (tuples become lists, keys strings), so stored and asked compare."""
     return json.loads(json.dumps(spec, sort_keys=True, default=str))

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -282,22 +281,17 @@ def rows_of(dataset, block: int, what: str = "the data"):
 def check_same(settings: Mapping[str, Any], what: str) -> None:
     """Raise SettingsMismatch naming each rank whose `settings` differ from rank 0's, and how.
 
-    The settings are compared by a digest of their JSON; only if one differs are they all shown.
+    The settings are compared as their canonical JSON (`cache.canonical`, as the caches compare specs).
     """
     if not active():
         return
-    digests = all_gather_objects((cache.digest(settings), _canonical(settings)), f"checking {what}")
-    first_digest, first = digests[0]
-    lines = [f"rank {r}: " + _difference(first, theirs)
-             for r, (digest, theirs) in enumerate(digests) if digest != first_digest]
+    settings = all_gather_objects(cache.canonical(dict(settings)), f"checking {what}")
+    lines = [f"rank {r}: " + _difference(settings[0], theirs)
+             for r, theirs in enumerate(settings) if theirs != settings[0]]
     if lines:
         raise SettingsMismatch(f"the {world_size()} ranks were started with different settings for {what}, "
                                f"compared with rank 0:\n  " + "\n  ".join(lines)
                                + "\nstart every rank with the same command, code and environment")
-
-
-def _canonical(settings: Mapping[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(dict(settings), sort_keys=True, default=str))
 
 
 def _difference(ours: dict[str, Any], theirs: dict[str, Any], prefix: str = "") -> str:

@@ -277,20 +277,21 @@ def similarity_explorer(feats: Mapping[str, Any], *, queries: int = 5, size: int
     names = list(feats)
     N = next(iter(feats.values())).shape[0]
     centres = [(i + 0.5) / queries for i in range(queries)]   # query positions, as fractions of the image
+    positions = [(fy, fx) for fy in centres for fx in centres]
+    units = {name: F.normalize(feats[name].float(), dim=1) for name in names}      # (N, C, h, w) each
     frames = []
-    for fy in centres:
-        for fx in centres:
-            rows = []
-            for name in names:
-                unit = F.normalize(feats[name].float(), dim=1)                         # (N, C, h, w)
-                h, w = unit.shape[-2:]
-                sim = torch.einsum("c,nchw->nhw", unit[0, :, int(fy * h), int(fx * w)], unit)
-                rows.append(F.interpolate(sim[:, None], size=(size, size), mode="area")[:, 0])
-            frames.append(torch.cat(rows))                                             # (B*N, size, size)
+    for fy, fx in positions:
+        rows = []
+        for name in names:
+            unit = units[name]
+            h, w = unit.shape[-2:]
+            sim = torch.einsum("c,nchw->nhw", unit[0, :, int(fy * h), int(fx * w)], unit)
+            rows.append(F.interpolate(sim[:, None], size=(size, size), mode="area")[:, 0])
+        frames.append(torch.cat(rows))                                                 # (B*N, size, size)
     fig = px.imshow(torch.stack(frames).numpy().round(3), animation_frame=0, facet_col=1, facet_col_wrap=N, zmin=0,
                     zmax=1, color_continuous_scale="viridis", height=height, title=title,
                     labels=dict(animation_frame="query", facet_col="panel", color="cosine"))
-    for step, (fy, fx) in zip(fig.layout.sliders[0].steps, [(y, x) for y in centres for x in centres]):
+    for step, (fy, fx) in zip(fig.layout.sliders[0].steps, positions):
         step.label = f"{fy:.0%} down, {fx:.0%} across"
     fig.for_each_annotation(lambda a: a.update(text=_panel_title(int(a.text.split("=")[1]), names, N)))
     fig.layout.updatemenus = []                     # the slider is enough: no play button
