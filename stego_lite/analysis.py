@@ -191,17 +191,24 @@ def dimension_sweep(cfg: SweepConfig, data: SweepData, headsets: dict[int, HeadS
         rows = []
         for seed in cfg.seeds:
             x, y = data.train_tokens(cfg.tokens_per_image, seed)
-            reducers = sweep_reducers(cfg, headsets[seed], x, seed)
-            fitted = {key: (reducer, fit_probes(reducer.transform(x), y, data.n_classes, seed=seed,
-                                                n_init=cfg.kmeans_n_init, linear_max_iter=cfg.linear_max_iter))
-                      for key, reducer in _progress(reducers.items(), progress, f"sweep, seed {seed}")}
-            for (method, dim), scores in score_many(fitted, data).items():   # one pass over the val set
-                for probe in ("cluster", "linear"):
-                    rows.append({"method": method, "dim": dim, "seed": seed, "probe": probe,
-                                 "accuracy": scores[f"{probe} accuracy"], "miou": scores[f"{probe} miou"]})
+            rows += probe_rows(cfg, sweep_reducers(cfg, headsets[seed], x, seed), x, y, data, seed,
+                               progress=progress)
         return pd.DataFrame(rows, columns=SWEEP_COLUMNS)
 
     return cached_frames("sweep", spec, lambda: {"table": compute()})["table"]
+
+
+def probe_rows(cfg: SweepConfig, reducers: dict[tuple[str, int], Reducer], x: Tensor, y: Tensor,
+               data: SweepData, seed: int, *, progress: bool = False) -> list[dict[str, Any]]:
+    """Both probes fitted on the tokens (x, y) in every representation of `reducers` ((method, dim) ->
+    reducer) and scored on the validation pixels in one pass: rows with the SWEEP_COLUMNS."""
+    fitted = {key: (reducer, fit_probes(reducer.transform(x), y, data.n_classes, seed=seed,
+                                        n_init=cfg.kmeans_n_init, linear_max_iter=cfg.linear_max_iter))
+              for key, reducer in _progress(reducers.items(), progress, f"sweep, seed {seed}")}
+    return [{"method": method, "dim": dim, "seed": seed, "probe": probe,
+             "accuracy": scores[f"{probe} accuracy"], "miou": scores[f"{probe} miou"]}
+            for (method, dim), scores in score_many(fitted, data).items()   # one pass over the val set
+            for probe in ("cluster", "linear")]
 
 
 def summarize(table: pd.DataFrame, by: Sequence[str], values: Sequence[str]) -> pd.DataFrame:

@@ -42,7 +42,9 @@ import torch
 from torch import Tensor
 
 from stego_lite import cache, published
-from stego_lite.analysis import SweepData, cached_frames, dimension_sweep, distinctness_study, sweep_inputs
+from stego_lite.analysis import (
+    SweepData, cached_frames, dimension_sweep, distinctness_study, probe_rows, sweep_inputs,
+)
 from stego_lite.env import cache_dir
 from stego_lite.files import write_atomic
 from stego_lite.knn import NUM_NEIGHBORS, sample_positives
@@ -50,7 +52,6 @@ from stego_lite.loss import (
     LossConfig, feature_correlation, partner_indices, random_coords, same_label, sample_labels, sample_points,
 )
 from stego_lite.reducers import PCA, Identity
-from stego_lite.token_probes import fit_probes, score_probes
 from stego_lite.train import EpochOrder
 from stego_lite.train_heads import sweep_heads
 from stego_lite.workers import process_pool
@@ -173,19 +174,13 @@ def preconditions(world: Profile, source, data: SweepData, *, seed: int | None =
         x, y = data.train_tokens(cfg.tokens_per_image, seed)
         pca = PCA().fit(x)
         reducers = {("raw", x.shape[1]): Identity().fit(x), **{("PCA", d): pca.with_dim(d) for d in cfg.dims}}
-        rows = []
-        for (method, dim), reducer in reducers.items():
-            probes = fit_probes(reducer.transform(x), y, data.n_classes, seed=seed, n_init=cfg.kmeans_n_init,
-                                linear_max_iter=cfg.linear_max_iter)
-            scores = score_probes(reducer, probes, data)
-            rows += [{"method": method, "dim": dim, "probe": p, "miou": scores[f"{p} miou"]}
-                     for p in ("cluster", "linear")]
+        probes = pd.DataFrame(probe_rows(cfg, reducers, x, y, data, seed))[["method", "dim", "probe", "miou"]]
         knn, pairs = histogram_overlap(class_histograms(source.labels, data.n_classes), source.nns)
         cumulative = pca.explained_variance_ratio.cumsum()
         summary = {"world": world.name, "overlap KNN": knn, "overlap random": pairs,
                    "class share PC1-3": class_variance_share(x, y, 3),
                    **{f"variance D={d}": float(cumulative[d - 1]) for d in cfg.dims}}
-        return {"summary": pd.DataFrame([summary]), "probes": pd.DataFrame(rows),
+        return {"summary": pd.DataFrame([summary]), "probes": probes,
                 "shifts": rule_shifts(source, world.preset.loss, seed=seed)}
 
     return cached_frames("preconditions", spec, compute)
