@@ -176,9 +176,8 @@ def _train(args: argparse.Namespace) -> None:
     config = preset.train_config(head_kind=args.head, seed=args.seed,
                                  **{k: v for k, v in given.items() if v is not None})
     _check_training_arguments(config, args)
-    if args.device:
-        _device(args.device)   # a clear error for a device this machine does not have
-    device = distributed.device(args.device or env.default_device())   # under torchrun: this rank's GPU
+    # a clear error for a device this machine does not have; under torchrun: this rank's GPU
+    device = distributed.device(_device(args.device) if args.device else env.default_device())
     backbone = load_backbone(preset.backbone, weights=args.weights or preset.weights).to(device)
     dataset = preset.train_set()
     progress = not args.no_progress and distributed.is_main()
@@ -203,9 +202,7 @@ def _train(args: argparse.Namespace) -> None:
 
 def _check_training_arguments(config, args: argparse.Namespace) -> None:
     """Refuse impossible settings before any data is read or generated."""
-    import dataclasses
-
-    from stego_lite.train import CHECKPOINT, read_checkpoint
+    from stego_lite.train import CHECKPOINT, read_checkpoint, settings_differences
 
     for flag, value, low, why in (("--steps", config.steps, 1, ""), ("--dim", config.dim, 1, ""),
                                   ("--batch-size", config.batch_size, 2, " (random partners come from the "
@@ -213,11 +210,10 @@ def _check_training_arguments(config, args: argparse.Namespace) -> None:
                                   ("--checkpoint-every", args.checkpoint_every, 0, "")):
         if value < low:
             raise UsageError(f"{flag} must be at least {low}{why}, got {value}")
-    checkpoint = Path(args.run_dir or ".").expanduser() / CHECKPOINT
-    if args.run_dir and checkpoint.is_file():
-        saved = read_checkpoint(checkpoint)["config"]
-        if {**saved, "steps": 0} != {**dataclasses.asdict(config), "steps": 0}:
-            differ = sorted(k for k in saved if saved[k] != dataclasses.asdict(config).get(k) and k != "steps")
+    checkpoint = Path(args.run_dir).expanduser() / CHECKPOINT if args.run_dir else None
+    if checkpoint is not None and checkpoint.is_file():
+        differ = settings_differences(read_checkpoint(checkpoint)["config"], config)
+        if differ:
             raise UsageError(f"--run-dir {args.run_dir} holds a run with other settings ({', '.join(differ)}); "
                              "pass another --run-dir, or leave it out for a folder named by the settings")
 

@@ -243,6 +243,13 @@ def next_batch(source: Source, batches: EpochOrder, config: TrainConfig, device:
     return source.batch(indices, positives, device)
 
 
+def settings_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
+    """The settings in which a checkpoint's saved config differs from `config`, sorted; empty for the same
+    run (the number of steps may differ: a run resumes towards more)."""
+    current = dataclasses.asdict(config)
+    return sorted(k for k in set(saved) | set(current) if k != "steps" and saved.get(k) != current.get(k))
+
+
 class _Loop:
     """A run's modules and state (iteration, data order, RNGs, history), saved and restored exactly."""
 
@@ -286,8 +293,7 @@ class _Loop:
 
     def load(self, path: Path) -> None:
         state = read_checkpoint(path)
-        if ({**state["config"], "steps": 0} != {**dataclasses.asdict(self.config), "steps": 0}
-                or state["source"] != self.source.key):
+        if settings_differences(state["config"], self.config) or state["source"] != self.source.key:
             raise ValueError(f"{path} belongs to another run (config {state['config']}, data "
                              f"{state['source']!r}); pass another run_dir (e.g. run_dir_for(config, source)) "
                              "or delete that folder")
