@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -46,7 +45,8 @@ sys.path.insert(0, str(ROOT))
 from stego_lite import data, released  # noqa: E402
 from stego_lite.backbone import WEIGHTS, build_backbone  # noqa: E402
 from stego_lite.data.classes import COCO_FINE_TO_COARSE  # noqa: E402
-from stego_lite.files import save_torch_atomic, staging_dir  # noqa: E402
+from stego_lite.env import DATA_ENV, OFFLINE_ENV  # noqa: E402
+from stego_lite.files import replace_tree, save_torch_atomic, staging_dir  # noqa: E402
 from stego_lite.head import SegmentationHead  # noqa: E402
 from stego_lite.probes import ClusterProbe, LinearProbe  # noqa: E402
 from stego_lite.profiles import PRESETS  # noqa: E402
@@ -85,8 +85,7 @@ class World:
 
     def environment(self) -> dict[str, str]:
         """What points stego_lite at this world: data root, torch.hub folder, and no downloads."""
-        return {"STEGO_LITE_DATA": str(self.data), "TORCH_HOME": str(self.torch_home),
-                "STEGO_LITE_OFFLINE": "1"}
+        return {DATA_ENV: str(self.data), "TORCH_HOME": str(self.torch_home), OFFLINE_ENV: "1"}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -214,8 +213,6 @@ def build(root: str | os.PathLike) -> World:
     stamp = world.root / "world.json"
     if stamp.is_file() and json.loads(stamp.read_text()).get("version") == VERSION:
         return world
-    shutil.rmtree(world.root, ignore_errors=True)
-    world.root.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with staging_dir(world.root.parent, world.root.name) as tmp:
         staged = World(tmp)
@@ -226,7 +223,7 @@ def build(root: str | os.PathLike) -> World:
         _released_checkpoint(staged.checkpoints)
         (tmp / "world.json").write_text(json.dumps({"version": VERSION,
                                                     "seconds": round(time.perf_counter() - start, 1)}))
-        tmp.rename(world.root)
+        replace_tree(tmp, world.root)   # an older or partial world goes only now
     return world
 
 
