@@ -32,7 +32,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from stego_lite.data.specs import DataSpec, PhotoData, StegoData, SynthStuffData  # noqa: F401 (re-exported)
+from stego_lite.data.specs import (  # noqa: F401 (re-exported)
+    DataSpec, PhotoData, StegoData, SynthStuffData, world_suffix,
+)
 from stego_lite.loss import LossConfig
 
 if TYPE_CHECKING:
@@ -380,7 +382,7 @@ WORLD_SIZES = (("n_train", 600), ("n_val", 150))
 
 def world_profile(scenes: bool, nuisance: bool) -> Profile:
     """The world with these switches: its preset (the synthstuff preset's loss and head), data and sweep."""
-    suffix = "-scenes" * scenes + "-nuisance" * nuisance
+    suffix = world_suffix(scenes, nuisance)
     name = f"world{suffix or '-plain'}"
     data = SynthStuffData(name=f"synthstuff{suffix}",
                           changes=(*WORLD_SIZES, ("scenes", scenes), ("nuisance", nuisance)))

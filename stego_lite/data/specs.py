@@ -18,6 +18,11 @@ if TYPE_CHECKING:
 
     from stego_lite.data import SynthStuffConfig
 
+def world_suffix(scenes: bool, nuisance: bool) -> str:
+    """What a SynthStuff world's switches add to its names: '', '-scenes', '-nuisance', '-scenes-nuisance'."""
+    return "-scenes" * scenes + "-nuisance" * nuisance
+
+
 class DataSpec(Protocol):
     """A dataset's splits at a profile's sizes."""
 

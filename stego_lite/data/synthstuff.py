@@ -34,6 +34,7 @@ from ..files import folder_lock, read_json, replace_tree, staging_dir, write_jso
 from ..progress import progress as progress_bar
 from .nuisance import NUISANCE_VERSION, Nuisance
 from .scenes import CLASSES, PALETTE, STUFF_CLASSES, THING_CLASSES, SceneType, render_scene, scene_types
+from .specs import world_suffix
 from .stego_sets import ImageFolder
 from .transforms import SegTransform
 
@@ -45,14 +46,14 @@ _SCENE_STREAM, _NUISANCE_STREAM = 1, 2   # the switches' own random streams, bes
 
 def world_name(scenes: bool = False, nuisance: bool = False) -> str:
     """The dataset name of a SynthStuff world: 'synthstuff', 'synthstuff-scenes', ..., '-nuisance'."""
-    return "synthstuff" + "-scenes" * scenes + "-nuisance" * nuisance
+    return "synthstuff" + world_suffix(scenes, nuisance)
 
 
 def _world_suffix(scenes: bool, nuisance: bool) -> str:
     """Folder-name suffix of a world: '' with both switches off (earlier versions' folders)."""
     if not (scenes or nuisance):
         return ""
-    return f"{world_name(scenes, nuisance)[len('synthstuff'):]}-w{WORLD_VERSION}" + (
+    return f"{world_suffix(scenes, nuisance)}-w{WORLD_VERSION}" + (
         f"n{NUISANCE_VERSION}" if nuisance else "")
 
 
