@@ -37,12 +37,10 @@ def data_parallel(head: nn.Module, probes: Mapping[str, nn.Module], config, sour
 
 def next_global_batch(source, batches, config, device: torch.device):
     """The next global batch, of which this rank loads its rows and gathers the others' (no gradient)."""
-    from stego_lite.knn import sample_positives
     from stego_lite.sources import Batch
+    from stego_lite.train import draw_indices
 
-    indices = batches.next()
-    positives = sample_positives(source.nns, indices, num_neighbors=config.num_neighbors,
-                                 generator=batches.generator)
+    indices, positives = draw_indices(source, batches, config)   # the same draw on every rank
     lo, hi = _batch_rows(len(indices))
     mine = source.batch(indices[lo:hi], positives[lo:hi], device)
     parts = [mine.feats, mine.feats_pos] + ([mine.label] if mine.label is not None else [])

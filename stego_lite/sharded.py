@@ -62,10 +62,15 @@ def shards_folder(key: FeatureKey, kind: str, suffix: str = "") -> Path:
 def cached_shards(folder: Path, spec: dict, n: int, size: int,
                   compute: Callable[[int, int], dict[str, Tensor]]) -> list[dict[str, Tensor]]:
     """This rank's shards, each `compute(first, end)` once and kept in `folder` (memory-mapped on reading)."""
-    return [cache.load_or_compute(folder / f"{first:09d}-{end:09d}.pt", {**spec, "rows": [first, end]},
+    return [cache.load_or_compute(*_shard(folder, spec, first, end),
                                   lambda first=first, end=end: compute(first, end), version=FORMAT_VERSION,
                                   mmap=True)
             for first, end in shard_ranges(n, size)]
+
+
+def _shard(folder: Path, spec: dict, first: int, end: int) -> tuple[Path, dict]:
+    """The file of the shard of rows first..end-1, and its cache spec."""
+    return folder / f"{first:09d}-{end:09d}.pt", {**spec, "rows": [first, end]}
 
 
 def _all_shards(folder: Path, spec: dict, n: int, size: int) -> list[dict[str, Tensor]]:
@@ -73,8 +78,8 @@ def _all_shards(folder: Path, spec: dict, n: int, size: int) -> list[dict[str, T
     parts = []
     for r in range(distributed.world_size()):
         for first, end in shard_ranges(n, size, r):
-            path = folder / f"{first:09d}-{end:09d}.pt"
-            part = cache.read(path, {**spec, "rows": [first, end]}, version=FORMAT_VERSION, mmap=True)
+            path, shard_spec = _shard(folder, spec, first, end)
+            part = cache.read(path, shard_spec, version=FORMAT_VERSION, mmap=True)
             if part is None:
                 raise OSError(f"rank 0 cannot read {path}, which rank {r} wrote: every rank must see the "
                               "same cache folder (put $STEGO_LITE_CACHE on a file system every node mounts)")

@@ -237,10 +237,14 @@ class EpochOrder:
 
 def next_batch(source: Source, batches: EpochOrder, config: TrainConfig, device: torch.device) -> Batch:
     """The next batch of `batches` with a KNN positive per image (ranks 1..config.num_neighbors)."""
+    return source.batch(*draw_indices(source, batches, config), device)
+
+
+def draw_indices(source: Source, batches: EpochOrder, config: TrainConfig) -> tuple[Tensor, Tensor]:
+    """The next batch's image indices and a KNN positive for each (ranks 1..config.num_neighbors)."""
     indices = batches.next()
-    positives = sample_positives(source.nns, indices, num_neighbors=config.num_neighbors,
-                                 generator=batches.generator)
-    return source.batch(indices, positives, device)
+    return indices, sample_positives(source.nns, indices, num_neighbors=config.num_neighbors,
+                                     generator=batches.generator)
 
 
 def settings_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
