@@ -12,6 +12,9 @@ In each venv, from a folder outside the clone (so the installed package is the o
 `python -m stego_lite --help`, then `segment` of two small images with a model file made there (a
 texture_bank model with a random head: what is checked is the install, not the model). Every step's
 wall time is printed; any failure exits non-zero.
+
+Disk: each venv is checked for room before it is made, and removed as soon as it has been used (kept only
+when its check failed, to look into). On x86_64 the fresh venv holds a CUDA build of torch, several GB.
 """
 from __future__ import annotations
 
@@ -26,6 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 COLAB_TORCH = ("torch==2.13.0", "torchvision==0.28.0")   # an older pair than requirements.txt's pins
+# Room each venv needs, in GB: the sizes measured here (fresh 6.3 on x86_64 with torch 2.14.1's CUDA
+# build, colab 1.5 with the CPU build of torch 2.13.0) plus a margin for pip's temporary files.
+NEEDS_GB = {"fresh": 7.5, "colab": 2.0}
 
 MAKE_MODEL = """
 import sys
@@ -97,10 +103,36 @@ def use(python: Path, work: Path) -> None:
         raise SystemExit(f"segment wrote {written}, expected 4 PNG files per image")
 
 
+def require_room(folder: Path, need_gb: float, what: str) -> None:
+    """Stop with the figures and the fix when the disk under `folder` has less than `need_gb` free."""
+    free_gb = shutil.disk_usage(folder).free / 1e9
+    if free_gb < need_gb:
+        raise SystemExit(f"wheel check: the {what} venv needs about {need_gb:.1f} GB free in {folder}, but "
+                         f"only {free_gb:.1f} GB are free. Free some disk space (old clones, caches, "
+                         f"_build folders), or give --out a folder on a disk with room.")
+
+
+def size_gb(folder: Path) -> float:
+    """Bytes under `folder` (each file once, links not followed), in GB."""
+    seen, total = set(), 0
+    for path in folder.rglob("*"):
+        info = path.lstat()
+        if path.is_file() and not path.is_symlink() and (info.st_dev, info.st_ino) not in seen:
+            seen.add((info.st_dev, info.st_ino))
+            total += info.st_size
+    return total / 1e9
+
+
 def venv(path: Path, what: str) -> Path:
     shutil.rmtree(path, ignore_errors=True)
+    require_room(path.parent, NEEDS_GB[what], what)
     run([sys.executable, "-m", "venv", str(path)], what=f"{what}: create the venv")
     return path / "bin" / "python"
+
+
+def done_with(path: Path) -> None:
+    print(f"  {path.name}: {size_gb(path):.1f} GB on disk, removed", flush=True)
+    shutil.rmtree(path)
 
 
 def main() -> int:
@@ -117,6 +149,7 @@ def main() -> int:
     run([str(python), *pip, str(wheel)], what="fresh: pip install the wheel (loose dependencies)")
     print(f"  fresh: installed {versions(python)}")
     use(python, out / "run-fresh")
+    done_with(out / "venv-fresh")
 
     if not args.skip_colab:
         python = venv(out / "venv-colab", "colab")
@@ -129,8 +162,7 @@ def main() -> int:
             raise SystemExit(f"installing stego_lite changed torch: {before} -> {after}")
         print(f"  colab: torch kept at {after}")
         use(python, out / "run-colab")
-    for folder in ("venv-fresh", "venv-colab"):   # several GB; kept only when a check failed
-        shutil.rmtree(out / folder, ignore_errors=True)
+        done_with(out / "venv-colab")
     print("wheel check passed")
     return 0
 
