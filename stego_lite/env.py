@@ -53,10 +53,15 @@ def autocast(device: torch.device | str, enabled: bool = True) -> contextlib.Abs
     """bfloat16 autocast for the frozen backbone and the head on CUDA; on other devices nothing changes.
 
     The one switch for mixed precision: $STEGO_LITE_AMP=0 turns it off. Callers cast the results back to
-    float32 (`.float()`), so caches, the loss and the probes always see float32.
+    float32 (`.float()`), so caches, the loss and the probes always see float32. `enabled=False` is an
+    opt-out (texture_bank stays float32): it switches off an enclosing autocast too, which a bare
+    `nullcontext` would leave in force.
     """
     if enabled and mixed_precision(device):
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    device_type = torch.device(device).type
+    if not enabled and device_type in ("cpu", "cuda"):
+        return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
 
 

@@ -54,7 +54,8 @@ def test_mixed_precision_is_one_switch_for_cuda_only(monkeypatch) -> None:
     assert env.mixed_precision("cuda") and not env.mixed_precision("cpu") and not env.mixed_precision("mps")
     context = env.autocast("cuda")
     assert isinstance(context, torch.autocast) and context.fast_dtype == torch.bfloat16
-    assert not isinstance(env.autocast("cuda", enabled=False), torch.autocast)
+    off = env.autocast("cuda", enabled=False)
+    assert isinstance(off, torch.autocast) and not off._enabled   # an opt-out, not a bare nullcontext
     monkeypatch.setenv(env.AMP_ENV, "0")
     assert not env.mixed_precision("cuda") and not isinstance(env.autocast("cuda"), torch.autocast)
 
@@ -72,6 +73,18 @@ def test_autocast_changes_nothing_on_the_cpu() -> None:
         with env.autocast("cpu"):
             cast = head(vit.features(img))
     assert cast.dtype == torch.float32 and torch.equal(plain, cast)
+
+
+def test_an_opt_out_holds_inside_an_enclosing_autocast() -> None:
+    """A backbone that opts out (enabled=False) computes in float32 even when its caller runs it under an
+    autocast; shown with the CPU's autocast, the same mechanism as CUDA's."""
+    a, b = torch.randn(4, 8), torch.randn(8, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (a @ b).dtype == torch.bfloat16
+        with env.autocast("cpu", enabled=False):
+            inner = a @ b
+        assert (a @ b).dtype == torch.bfloat16      # the enclosing autocast is back after the opt-out
+    assert inner.dtype == torch.float32 and torch.equal(inner, a @ b)
 
 
 def test_loader_options_use_workers_and_pinned_memory_on_cuda_only() -> None:
