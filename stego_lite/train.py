@@ -35,7 +35,6 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
 from stego_lite import distributed
 from stego_lite.cache import checksum, keyed_path
@@ -51,7 +50,7 @@ from stego_lite.sources import Batch, FeatureSource, ImageSource
 
 __all__ = [
     "Batch", "Diagnostics", "FeatureSource", "ImageSource", "TrainConfig", "TrainResult", "build_head",
-    "diagnose", "initial_head", "run_dir_for", "train", "train_step", "training_set",
+    "diagnose", "initial_head", "run_dir_for", "train", "train_step",
 ]
 CHECKPOINT = "checkpoint.pt"
 
@@ -384,10 +383,3 @@ def diagnose(head: SegmentationHead, source: FeatureSource, config: TrainConfig,
                  "knn": same_label(anchors, sample_labels(label_pos, terms.coords[1], grid)),
                  "random": torch.cat([same_label(anchors, partner) for partner in partners])}
     return Diagnostics(terms, agreement)
-
-
-def training_set(preset: str) -> Dataset:
-    """The training split a preset was made for (SynthStuff; COCO-Stuff/Cityscapes five-crop; Potsdam)."""
-    from stego_lite.profiles import get_preset
-
-    return get_preset(preset).train_set()
