@@ -46,10 +46,7 @@ def _setting(args: argparse.Namespace):
     from stego_lite import distributed, env
     from stego_lite.profiles import get_preset
 
-    try:
-        preset = get_preset(args.preset)
-    except ValueError as err:
-        raise SystemExit(f"python -m stego_lite {args.command}: {err}") from None
+    preset = get_preset(args.preset)   # an unknown name: main's one-line error, exit 2, as for train
     device = distributed.device(args.device or env.default_device())
     return preset, device, not args.no_progress and distributed.is_main()
 

@@ -229,6 +229,11 @@ def test_command_line_trains_and_resumes(tmp_path, monkeypatch, capsys):
     assert "holds a run with other settings (seed)" in capsys.readouterr().err
     assert main(["train", "--preset", "coco"]) == 2
     assert "unknown preset 'coco'" in capsys.readouterr().err
+    for command in ("extract", "evaluate"):   # the same one-line error and exit status for every command
+        extra = ["--model", "unused.pt"] if command == "evaluate" else []
+        assert main([command, "--preset", "coco", *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"python -m stego_lite {command}: error: unknown preset 'coco'" in err, err
 
 
 def test_offline_profile_head_lowers_the_loss(tmp_path, monkeypatch):
