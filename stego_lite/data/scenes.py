@@ -53,6 +53,7 @@ class SceneType:
         return np.resize(rng.permutation(np.asarray(self.stuff)), n_regions)
 
 
+@lru_cache(maxsize=None)   # immutable (a tuple of frozen types); asked for once per image
 def scene_types() -> tuple[SceneType, ...]:
     """The 30 scene types: every pair of stuff classes with every thing class. Each stuff class is in 12
     types, each thing class in 10: drawn uniformly, the types keep every class's frequency."""
