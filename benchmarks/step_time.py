@@ -22,7 +22,7 @@ from stego_lite.backbone import load_backbone
 from stego_lite.model import stego_probes
 from stego_lite.profiles import PRESETS
 from stego_lite.sources import ImageSource
-from stego_lite.train import EpochOrder, build_head, next_batch, train_step
+from stego_lite.train import _Loop, build_head   # the loop that train.train runs, step by step
 
 
 class RandomImages(Dataset):
@@ -50,18 +50,13 @@ def step_seconds(backbone, res: int, batch: int, steps: int, device: torch.devic
     source = ImageSource(backbone, dataset, nns)
     torch.manual_seed(0)
     head = build_head(config, backbone.embed_dim).to(device)
-    probes = {k: p.to(device) for k, p in stego_probes(config.dim, 27).items()}
-    optimizers = [torch.optim.Adam(head.parameters(), lr=config.lr)]
-    optimizers += [torch.optim.Adam(p.parameters(), lr=config.probe_lr) for p in probes.values()]
-    generator = torch.Generator().manual_seed(0)
-    order = EpochOrder(len(source), config.batch_size, generator)
+    loop = _Loop(config, source, head, stego_probes(config.dim, 27), device)   # training's own iteration
     times = []
     for _ in range(steps + 1):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        batch_ = next_batch(source, order, config, device)
-        train_step(head, batch_, config, optimizers, probes=probes, generator=generator)
+        loop.iteration()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
