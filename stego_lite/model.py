@@ -83,8 +83,8 @@ class StegoModel:
         """The head's code: (B, 3, H, W) -> (B, D, H/p, W/p), averaged over a horizontal flip if asked."""
         from stego_lite.env import autocast
 
-        # the backbone applies its own autocast (none for one that opts out, as texture_bank does: an
-        # enclosing autocast would override that), so only the head runs under this one, as in training
+        # the backbone applies its own autocast (texture_bank opts out and stays float32), so only the head
+        # runs under this one, as in training (whose batches hold features computed before the head runs)
         feats = self.backbone.features(img)
         flipped = self.backbone.features(img.flip(-1)) if flip_tta else None
         with autocast(img.device):   # bfloat16 on CUDA (the one switch), nothing elsewhere

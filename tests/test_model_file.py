@@ -190,8 +190,8 @@ def test_segment_uses_the_model_size():
 
 
 def test_the_backbone_runs_outside_the_heads_autocast(monkeypatch):
-    """`code` puts only the head under env.autocast: an enclosing autocast would override a backbone's own
-    choice (texture_bank opts out of bfloat16 on CUDA), so the backbone must run outside it."""
+    """`code` puts only the head under env.autocast and leaves the backbone to its own (texture_bank opts out
+    of bfloat16 on CUDA), as training does: its batches hold features computed before the head runs."""
     import contextlib
 
     import stego_lite.env as env

@@ -29,9 +29,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 COLAB_TORCH = ("torch==2.13.0", "torchvision==0.28.0")   # an older pair than requirements.txt's pins
-# Room each venv needs, in GB: the sizes measured here (fresh 6.3 on x86_64 with torch 2.14.1's CUDA
-# build, colab 1.5 with the CPU build of torch 2.13.0) plus a margin for pip's temporary files.
-NEEDS_GB = {"fresh": 7.5, "colab": 2.0}
+# Room each venv needs, in GB: the larger size measured here (fresh 6.3 on x86_64, torch 2.14.1's CUDA
+# build) plus a margin for pip's temporary files. The colab venv took 1.5 here, where pip finds a CPU build
+# of torch 2.13.0 on disk; from PyPI it would be a CUDA build of the fresh one's size.
+NEEDS_GB = {"fresh": 7.5, "colab": 7.5}
 
 MAKE_MODEL = """
 import sys
@@ -131,7 +132,7 @@ def venv(path: Path, what: str) -> Path:
 
 
 def done_with(path: Path) -> None:
-    print(f"  {path.name}: {size_gb(path):.1f} GB on disk, removed", flush=True)
+    print(f"  {path.name}: {size_gb(path):.1f} GB of files, removed", flush=True)
     shutil.rmtree(path)
 
 
@@ -142,6 +143,8 @@ def main() -> int:
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    for stale in ("venv-fresh", "venv-colab"):   # kept by an earlier failed check; several GB each
+        shutil.rmtree(out / stale, ignore_errors=True)
     wheel = build(out)
     pip = ["-m", "pip", "install", "-q", "--disable-pip-version-check"]
 
