@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -29,10 +30,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 COLAB_TORCH = ("torch==2.13.0", "torchvision==0.28.0")   # an older pair than requirements.txt's pins
-# Room each venv needs, in GB: the larger size measured here (fresh 6.3 on x86_64, torch 2.14.1's CUDA
-# build) plus a margin for pip's temporary files. The colab venv took 1.5 here, where pip finds a CPU build
-# of torch 2.13.0 on disk; from PyPI it would be a CUDA build of the fresh one's size.
-NEEDS_GB = {"fresh": 7.5, "colab": 7.5}
+# Room a venv needs, in GB: the larger size measured here (fresh 6.3 on x86_64, torch 2.14.1's CUDA build)
+# plus a margin for pip's temporary files. The colab venv took 1.5 here, where pip finds a CPU build of
+# torch 2.13.0 on disk; from PyPI it would be a CUDA build of the fresh one's size.
+VENV_NEEDS_GB = 7.5
 
 MAKE_MODEL = """
 import sys
@@ -117,16 +118,16 @@ def size_gb(folder: Path) -> float:
     """Bytes under `folder` (each file once, links not followed), in GB."""
     seen, total = set(), 0
     for path in folder.rglob("*"):
-        info = path.lstat()
-        if path.is_file() and not path.is_symlink() and (info.st_dev, info.st_ino) not in seen:
+        info = path.lstat()   # one call per entry; a symlink's own mode is not S_ISREG
+        if stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) not in seen:
             seen.add((info.st_dev, info.st_ino))
             total += info.st_size
     return total / 1e9
 
 
 def venv(path: Path, what: str) -> Path:
-    shutil.rmtree(path, ignore_errors=True)
-    require_room(path.parent, NEEDS_GB[what], what)
+    """A new venv at `path` (main has removed any earlier one), if the disk has room for it."""
+    require_room(path.parent, VENV_NEEDS_GB, what)
     run([sys.executable, "-m", "venv", str(path)], what=f"{what}: create the venv")
     return path / "bin" / "python"
 
